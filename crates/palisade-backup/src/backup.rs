@@ -1,0 +1,413 @@
+//! Running one backup: prepare the sources, archive them, then the catalog, and make the
+//! snapshot visible only when both are stored.
+
+use std::{
+    cmp::Ordering,
+    io::Read,
+    path::{Path, PathBuf},
+};
+
+use rustic_core::{
+    BackupOptions, ParentOptions, SnapshotOptions,
+    repofile::{SnapshotFile, SnapshotSummary},
+};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    Error, Repo, Result,
+    catalog::{CATALOG_VERSION, Catalog, CatalogItem, ItemKind, manifest_line},
+    hashing::Collector,
+    source::{CatalogSource, DataSource, Part, ReadyFile, SourceSpec, WalkedDir, absolute},
+    sqlite::{self, SqliteCopy},
+};
+
+/// What to back up and how to label the snapshot.
+pub struct BackupRequest {
+    /// The sources, in any order.
+    pub sources: Vec<SourceSpec>,
+    /// Where a [`SourceSpec::Stream`] reads from (standard input, usually).
+    pub stream: Option<Box<dyn Read + Send>>,
+    /// The config job this run belongs to; becomes the snapshot label and a `job:` tag.
+    pub job: Option<String>,
+    /// Extra snapshot tags.
+    pub tags: Vec<String>,
+    /// Where database copies and spooled streams are kept while they are archived.
+    pub temp_dir: PathBuf,
+}
+
+impl std::fmt::Debug for BackupRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackupRequest")
+            .field("sources", &self.sources)
+            .field("job", &self.job)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of a backup.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    /// The new snapshot's id.
+    pub snapshot: String,
+    /// The snapshot's time (RFC 3339).
+    pub time: String,
+    /// Bytes read from all sources.
+    pub bytes_read: u64,
+    /// Bytes added to the repository (after compression and encryption overhead).
+    pub bytes_added: u64,
+    /// Regular files read.
+    pub files: u64,
+    /// Entries that could not be read and were left out.
+    pub skipped: usize,
+    /// The catalog stored in the snapshot.
+    pub catalog: Catalog,
+}
+
+impl BackupReport {
+    /// Whether some entries were left out (the command exits with 3).
+    pub fn is_partial(&self) -> bool {
+        self.skipped > 0
+    }
+}
+
+/// Files that must outlive the archive: database copies and spooled streams.
+#[derive(Default)]
+struct Scratch {
+    copies: Vec<SqliteCopy>,
+    spools: Vec<tempfile::TempDir>,
+}
+
+/// Backs up `request` into `repo` as one snapshot.
+pub fn backup(repo: &Repo, mut request: BackupRequest) -> Result<BackupReport> {
+    let specs = ordered(&request.sources)?;
+    let collector = Collector::default();
+    let mut scratch = Scratch::default();
+    let mut items = Vec::with_capacity(specs.len());
+    let mut parts = Vec::with_capacity(specs.len());
+    for (index, (spec, name)) in specs.iter().enumerate() {
+        let (item, part) = prepare(index, spec, name, &mut request, &mut scratch)?;
+        items.push(item);
+        parts.push(part);
+    }
+
+    // Pass 1: the data items. The snapshot file is held back; only packs and index are written.
+    let hold = HoldSnapshots::new(repo);
+    let indexed = repo.indexed_ids()?;
+    let snap = SnapshotFile::from_options(&snapshot_options(&request)?)
+        .map_err(|err| Error::repo("preparing the snapshot", err))?;
+    let paths: Vec<PathBuf> = specs.iter().map(|(spec, _)| display_path(spec)).collect();
+    let source = DataSource {
+        parts,
+        collector: collector.clone(),
+    };
+    let data_snap = indexed
+        .archive(&archive_options(), &source, snap.clone(), &paths)
+        .map_err(|err| Error::repo("backing up", err))?;
+    drop(scratch);
+
+    // Pass 2: the catalog, built from what pass 1 actually read.
+    let catalog = build_catalog(items, &collector, request.job.clone())?;
+    let bytes = serde_json::to_vec_pretty(&catalog).expect("the catalog serialises");
+    let catalog_snap = indexed
+        .archive(
+            &archive_options(),
+            &CatalogSource { bytes },
+            snap,
+            &[PathBuf::from(crate::catalog::CATALOG_PATH)],
+        )
+        .map_err(|err| Error::repo("storing the catalog", err))?;
+
+    // Join both trees and write the one snapshot that points at them.
+    let indexed = repo.indexed_ids()?;
+    let mut summary = data_snap.summary.clone().unwrap_or_default();
+    add_summary(&mut summary, catalog_snap.summary.as_ref());
+    let tree = indexed
+        .merge_trees(
+            &[data_snap.tree, catalog_snap.tree],
+            &|_, _| Ordering::Equal,
+            &mut summary,
+        )
+        .map_err(|err| Error::repo("joining the snapshot tree", err))?;
+    let mut final_snap = data_snap;
+    final_snap.tree = tree;
+    final_snap.summary = Some(summary.clone());
+    let time = final_snap.time.timestamp().to_string();
+    drop(hold);
+    indexed
+        .save_snapshots(vec![final_snap])
+        .map_err(|err| Error::repo("saving the snapshot", err))?;
+    let snapshot = repo
+        .backend
+        .last_snapshot()
+        .map(|id| id.to_string())
+        .unwrap_or_default();
+
+    let skipped = catalog.skipped();
+    Ok(BackupReport {
+        snapshot,
+        time,
+        bytes_read: catalog.items.iter().map(|i| i.size).sum(),
+        bytes_added: summary.data_added_packed,
+        files: catalog.items.iter().map(|i| i.files).sum(),
+        skipped,
+        catalog,
+    })
+}
+
+/// Releases the snapshot hold even when a pass fails.
+struct HoldSnapshots<'a>(&'a Repo);
+
+impl<'a> HoldSnapshots<'a> {
+    fn new(repo: &'a Repo) -> Self {
+        repo.backend.hold_snapshots(true);
+        Self(repo)
+    }
+}
+
+impl Drop for HoldSnapshots<'_> {
+    fn drop(&mut self) {
+        self.0.backend.hold_snapshots(false);
+    }
+}
+
+/// Names every source and sorts them into snapshot order; refuses two items with one path.
+fn ordered(sources: &[SourceSpec]) -> Result<Vec<(SourceSpec, String)>> {
+    if sources.is_empty() {
+        return Err(Error::BadSource {
+            path: PathBuf::new(),
+            reason: "nothing to back up: pass --sqlite FILE, --dir DIR or --stdin --name NAME, \
+                     or define [[jobs]] in the config file"
+                .into(),
+        });
+    }
+    let mut named = sources
+        .iter()
+        .map(|spec| Ok((spec.clone(), spec.name()?)))
+        .collect::<Result<Vec<_>>>()?;
+    named.sort_by(|a, b| (a.0.kind().folder(), &a.1).cmp(&(b.0.kind().folder(), &b.1)));
+    for pair in named.windows(2) {
+        if pair[0].0.kind().folder() == pair[1].0.kind().folder() && pair[0].1 == pair[1].1 {
+            return Err(Error::DuplicateItem {
+                name: format!("{}/{}", pair[0].0.kind().folder(), pair[0].1),
+            });
+        }
+    }
+    if named.iter().filter(|(s, _)| s.kind() == ItemKind::Stream).count() > 1 {
+        return Err(Error::BadSource {
+            path: PathBuf::from("stdin"),
+            reason: "only one stream can be read from standard input per backup".into(),
+        });
+    }
+    Ok(named)
+}
+
+/// Copies, spools or opens one source and describes its catalog item.
+fn prepare(
+    index: usize,
+    spec: &SourceSpec,
+    name: &str,
+    request: &mut BackupRequest,
+    scratch: &mut Scratch,
+) -> Result<(CatalogItem, Part)> {
+    let kind = spec.kind();
+    let snapshot_path = Path::new(kind.folder()).join(name);
+    let mut item = CatalogItem {
+        name: name.to_string(),
+        kind,
+        source: display_path(spec).to_string_lossy().into_owned(),
+        path: snapshot_path.to_string_lossy().into_owned(),
+        size: 0,
+        sha256: String::new(),
+        files: 0,
+        tables: None,
+        sqlite_version: None,
+        skipped: Vec::new(),
+    };
+    let part = match spec {
+        SourceSpec::Sqlite { path, .. } => {
+            let copy = sqlite::copy_online(path, name, &request.temp_dir)?;
+            item.tables = Some(copy.tables.clone());
+            item.sqlite_version = Some(copy.sqlite_version.clone());
+            let mtime = std::fs::metadata(path)
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| rustic_core::jiff::Timestamp::try_from(t).ok());
+            let ready = ready_file(index, snapshot_path, copy.path(), mtime)?;
+            scratch.copies.push(copy);
+            Part::Ready(ready)
+        }
+        SourceSpec::Stream { .. } => {
+            let input = request.stream.take().ok_or_else(|| Error::BadSource {
+                path: PathBuf::from("stdin"),
+                reason: "no input stream was given".into(),
+            })?;
+            let (dir, file) = spool(input, name, &request.temp_dir)?;
+            let now = Some(rustic_core::jiff::Timestamp::now());
+            let ready = ready_file(index, snapshot_path, &file, now)?;
+            scratch.spools.push(dir);
+            Part::Ready(ready)
+        }
+        SourceSpec::Directory { path, exclude, .. } => {
+            let root = directory_root(path)?;
+            Part::Walk(WalkedDir::new(index, name, root, exclude)?)
+        }
+    };
+    Ok((item, part))
+}
+
+fn ready_file(
+    item: usize,
+    snapshot_path: PathBuf,
+    file: &Path,
+    mtime: Option<rustic_core::jiff::Timestamp>,
+) -> Result<ReadyFile> {
+    let size = std::fs::metadata(file)
+        .map_err(|err| Error::io(file, err))?
+        .len();
+    Ok(ReadyFile {
+        item,
+        snapshot_path,
+        file: file.to_path_buf(),
+        size,
+        mtime,
+    })
+}
+
+/// The directory to walk: it must exist and be a directory (a symlink to one is followed).
+fn directory_root(path: &Path) -> Result<PathBuf> {
+    let meta = std::fs::metadata(path).map_err(|err| Error::BadSource {
+        path: path.into(),
+        reason: format!("cannot read it: {err}"),
+    })?;
+    if !meta.is_dir() {
+        return Err(Error::BadSource {
+            path: path.into(),
+            reason: "not a directory; pass a directory to --dir (a database file goes to --sqlite)"
+                .into(),
+        });
+    }
+    std::fs::canonicalize(path).map_err(|err| Error::io(path, err))
+}
+
+/// Writes a stream to a private temporary file, so that its size is known before it is
+/// archived: restic's tree format records each file's size up front, and restic restores a file
+/// recorded with size 0 as empty.
+fn spool(
+    mut input: Box<dyn Read + Send>,
+    name: &str,
+    temp_root: &Path,
+) -> Result<(tempfile::TempDir, PathBuf)> {
+    let dir = tempfile::Builder::new()
+        .prefix("palisade-stream-")
+        .tempdir_in(temp_root)
+        .map_err(|err| Error::io(temp_root, err))?;
+    let file = dir.path().join(name);
+    let mut out = std::fs::File::create(&file).map_err(|err| Error::io(&file, err))?;
+    let mut buffered = std::io::BufWriter::with_capacity(1 << 20, &mut out);
+    std::io::copy(&mut input, &mut buffered).map_err(|err| Error::Read {
+        what: "standard input".into(),
+        source: err,
+    })?;
+    buffered
+        .into_inner()
+        .map_err(|err| Error::io(&file, err.into_error()))?;
+    Ok((dir, file))
+}
+
+fn display_path(spec: &SourceSpec) -> PathBuf {
+    match spec {
+        SourceSpec::Sqlite { path, .. } | SourceSpec::Directory { path, .. } => {
+            absolute(path).unwrap_or_else(|_| path.clone())
+        }
+        SourceSpec::Stream { .. } => PathBuf::from("stdin"),
+    }
+}
+
+fn snapshot_options(request: &BackupRequest) -> Result<SnapshotOptions> {
+    let mut options = SnapshotOptions::default();
+    if let Some(job) = &request.job {
+        options = options.label(job.clone());
+        options = add_tag(options, &format!("job:{job}"))?;
+    }
+    for tag in &request.tags {
+        options = add_tag(options, tag)?;
+    }
+    Ok(options)
+}
+
+fn add_tag(options: SnapshotOptions, tag: &str) -> Result<SnapshotOptions> {
+    options.add_tags(tag).map_err(|err| Error::BadItemName {
+        name: tag.into(),
+        reason: format!("not a valid tag: {}", err.display_log()),
+    })
+}
+
+/// No parent: every source is read in full, so the catalog hashes what was really read and a
+/// stream is never taken for unchanged. Unchanged data still deduplicates against the index.
+fn archive_options() -> BackupOptions {
+    BackupOptions::default()
+        .parent_opts(ParentOptions::default().force(true))
+        .no_scan(true)
+}
+
+/// Fills sizes and hashes into the catalog items from what the readers recorded.
+fn build_catalog(
+    mut items: Vec<CatalogItem>,
+    collector: &Collector,
+    job: Option<String>,
+) -> Result<Catalog> {
+    let (digests, skipped) = collector.take();
+    let mut manifests: Vec<Sha256> = items.iter().map(|_| Sha256::new()).collect();
+    for digest in &digests {
+        let item = &mut items[digest.item];
+        item.size += digest.size;
+        item.files += 1;
+        match item.kind {
+            ItemKind::Directory => manifests[digest.item].update(manifest_line(
+                &digest.relative,
+                digest.size,
+                &digest.sha256,
+            )),
+            ItemKind::Sqlite | ItemKind::Stream => item.sha256 = digest.sha256.clone(),
+        }
+    }
+    for (index, skip) in skipped {
+        items[index].skipped.push(skip);
+    }
+    for (item, manifest) in items.iter_mut().zip(manifests) {
+        if item.kind == ItemKind::Directory {
+            item.sha256 = hex::encode(manifest.finalize());
+        } else if item.files != 1 {
+            let reason = item
+                .skipped
+                .first()
+                .map_or("it was not read".to_string(), |s| s.reason.clone());
+            return Err(Error::Read {
+                what: item.source.clone(),
+                source: std::io::Error::other(reason),
+            });
+        }
+    }
+    Ok(Catalog {
+        version: CATALOG_VERSION,
+        palisade: env!("CARGO_PKG_VERSION").to_string(),
+        job,
+        items,
+    })
+}
+
+fn add_summary(total: &mut SnapshotSummary, other: Option<&SnapshotSummary>) {
+    let Some(other) = other else { return };
+    total.files_new += other.files_new;
+    total.total_files_processed += other.total_files_processed;
+    total.total_bytes_processed += other.total_bytes_processed;
+    total.data_blobs += other.data_blobs;
+    total.tree_blobs += other.tree_blobs;
+    total.data_added += other.data_added;
+    total.data_added_packed += other.data_added_packed;
+    total.data_added_files += other.data_added_files;
+    total.data_added_files_packed += other.data_added_files_packed;
+    total.data_added_trees += other.data_added_trees;
+    total.data_added_trees_packed += other.data_added_trees_packed;
+}

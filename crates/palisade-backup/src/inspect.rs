@@ -1,0 +1,126 @@
+//! Repository-wide reports: `check` (structure and data) and `stats` (sizes and deduplication).
+
+use rustic_core::{CheckOptions, ReadSubsetOption, repofile::BlobType, repofile::FileType};
+use serde::Serialize;
+
+use crate::{Error, Repo, Result};
+
+/// How much pack data `check` reads back and verifies.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ReadData {
+    /// Structure only: index, snapshots and trees.
+    None,
+    /// Every pack.
+    All,
+    /// A random share of packs, in percent (0–100].
+    Percent(f64),
+}
+
+/// The outcome of `check`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    /// Problems that damage the repository.
+    pub errors: Vec<String>,
+    /// Oddities that do not endanger data.
+    pub warnings: Vec<String>,
+}
+
+impl CheckReport {
+    /// Whether no error was found.
+    pub fn is_ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// Checks the repository's structure and, as asked, re-reads pack data.
+pub fn check(repo: &Repo, read_data: ReadData) -> Result<CheckReport> {
+    let opts = match read_data {
+        ReadData::None => CheckOptions::default(),
+        ReadData::All => CheckOptions::default().read_data(true),
+        ReadData::Percent(p) => CheckOptions::default()
+            .read_data(true)
+            .read_data_subset(ReadSubsetOption::Percentage(p)),
+    };
+    let results = repo
+        .reopen()?
+        .check(opts)
+        .map_err(|err| Error::repo("checking the repository", err))?;
+    let mut report = CheckReport {
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+    for (level, problem) in &results.0 {
+        // The level type is not exported by rustic_core; its Debug form names it.
+        let text = problem.to_string();
+        if format!("{level:?}") == "Warn" {
+            report.warnings.push(text);
+        } else {
+            report.errors.push(text);
+        }
+    }
+    Ok(report)
+}
+
+/// Repository sizes, as `stats` shows them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    /// Number of snapshots.
+    pub snapshots: u64,
+    /// Bytes read by all backups together: what restoring every snapshot would write.
+    pub total_restore_size: u64,
+    /// Distinct data bytes, before compression.
+    pub unique_data: u64,
+    /// Bytes of pack files on storage.
+    pub stored: u64,
+    /// Bytes of all repository files on storage (packs, index, snapshots, keys, config).
+    pub stored_total: u64,
+    /// Data blobs (chunks).
+    pub data_blobs: u64,
+    /// Tree blobs (directories).
+    pub tree_blobs: u64,
+    /// `total_restore_size / stored_total`.
+    pub dedup_ratio: f64,
+}
+
+/// Sizes and blob counts of the whole repository.
+pub fn stats(repo: &Repo) -> Result<Stats> {
+    let snaps = repo
+        .inner
+        .get_all_snapshots()
+        .map_err(|err| Error::repo("listing snapshots", err))?;
+    let total_restore_size = snaps
+        .iter()
+        .filter_map(|s| s.summary.as_ref())
+        .map(|s| s.total_bytes_processed)
+        .sum();
+    let index = repo
+        .inner
+        .infos_index()
+        .map_err(|err| Error::repo("reading the index", err))?;
+    let files = repo
+        .inner
+        .infos_files()
+        .map_err(|err| Error::repo("listing repository files", err))?;
+    let blob = |tpe: BlobType| index.blobs.iter().filter(move |b| b.blob_type == tpe);
+    let stored: u64 = files
+        .repo
+        .iter()
+        .filter(|f| f.tpe == FileType::Pack)
+        .map(|f| f.size)
+        .sum();
+    let stored_total: u64 = files.repo.iter().map(|f| f.size).sum();
+    Ok(Stats {
+        snapshots: snaps.len() as u64,
+        total_restore_size,
+        unique_data: blob(BlobType::Data).map(|b| b.data_size).sum(),
+        stored,
+        stored_total,
+        data_blobs: blob(BlobType::Data).map(|b| b.count).sum(),
+        tree_blobs: blob(BlobType::Tree).map(|b| b.count).sum(),
+        dedup_ratio: if stored_total == 0 {
+            0.0
+        } else {
+            total_restore_size as f64 / stored_total as f64
+        },
+    })
+}

@@ -1,0 +1,28 @@
+//! Palisade's backup engine: database-aware sources, a catalog in every snapshot, and safe,
+//! verified restores, on top of restic's repository format through rustic_core.
+//!
+//! The flow of one backup is `source` → [`backup::backup`] (archive through rustic_core, then
+//! the [`catalog`]) → one snapshot. See `docs/design.md` for the snapshot layout and why each
+//! step works the way it does.
+
+pub mod backup;
+pub mod catalog;
+mod error;
+mod hashing;
+pub mod inspect;
+pub mod repository;
+pub mod restore;
+pub mod snapshot;
+pub mod source;
+pub mod sqlite;
+
+pub use crate::{
+    backup::{BackupReport, BackupRequest, backup},
+    catalog::{CATALOG_PATH, Catalog, CatalogItem, ItemKind},
+    error::{Error, Result},
+    inspect::{CheckReport, ReadData, Stats, check, stats},
+    repository::{ChunkerOptions, KeyInfo, Location, Password, Repo},
+    restore::{RestoreReport, RestoreRequest, restore},
+    snapshot::{SnapshotInfo, TreeEntry, catalog, snapshots, tree},
+    source::SourceSpec,
+};

@@ -1,0 +1,461 @@
+//! Opening, creating and re-keying repositories, and the backend wrapper Palisade writes through.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use rustic_backend::LocalBackend;
+use rustic_core::{
+    BytesList, ConfigOptions, Credentials, FileType, Id, IndexedIdsStatus, KeyOptions,
+    OpenStatus, Progress, ProgressBars, ProgressType, ReadBackend, Repository, RepositoryBackends, RepositoryOptions, RusticResult,
+    WriteBackend, repofile::KeyFile,
+};
+use serde::Serialize;
+
+use crate::{Error, Result};
+
+/// Chunking that Palisade sets on the repositories it creates.
+///
+/// Restic's default cuts chunks of 512 KiB to 8 MiB (1 MiB on average). Database dumps change a
+/// few rows a day, and each changed row costs one whole chunk, so Palisade cuts smaller ones:
+/// see `docs/design.md` for the measurements behind these numbers. Restic reads repositories
+/// with any chunk sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkerOptions {
+    /// Average chunk size in bytes; a power of two.
+    pub average: u64,
+    /// Smallest chunk in bytes.
+    pub min: u64,
+    /// Largest chunk in bytes.
+    pub max: u64,
+}
+
+impl Default for ChunkerOptions {
+    fn default() -> Self {
+        Self {
+            average: 64 * 1024,
+            min: 16 * 1024,
+            max: 512 * 1024,
+        }
+    }
+}
+
+/// Where a repository lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A directory on a local file system.
+    Local(PathBuf),
+}
+
+impl Location {
+    /// Parses a `--repo` value.
+    pub fn parse(text: &str) -> Result<Self> {
+        let text = text.strip_prefix("local:").unwrap_or(text);
+        if text.is_empty() {
+            return Err(Error::BadSource {
+                path: PathBuf::new(),
+                reason: "the repository location is empty; pass --repo DIR".into(),
+            });
+        }
+        Ok(Self::Local(PathBuf::from(text)))
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Local(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// A repository password, wiped from memory when dropped.
+pub struct Password(String);
+
+impl Password {
+    /// Wraps a password read from a file or the environment.
+    pub fn new(text: String) -> Self {
+        Self(text)
+    }
+
+    /// Reads the first line of a password file (the way restic does).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|err| Error::io(path, err))?;
+        let line = text.lines().next().unwrap_or_default().to_string();
+        Ok(Self(line))
+    }
+
+    fn credentials(&self) -> Credentials {
+        Credentials::password(&self.0)
+    }
+
+    fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(..)")
+    }
+}
+
+impl Drop for Password {
+    fn drop(&mut self) {
+        // Overwrite the bytes in place before the allocation is released.
+        let mut bytes = std::mem::take(&mut self.0).into_bytes();
+        bytes.iter_mut().for_each(|b| *b = 0);
+        std::hint::black_box(&bytes);
+    }
+}
+
+/// The backend every Palisade repository is used through.
+///
+/// It forwards to the real backend, and can hold back the writing of snapshot files so that a
+/// backup made of several archive passes becomes visible only once, when it is complete.
+#[derive(Debug)]
+pub(crate) struct PalisadeBackend {
+    inner: Arc<dyn WriteBackend>,
+    hold_snapshots: AtomicBool,
+    last_snapshot: std::sync::Mutex<Option<Id>>,
+}
+
+impl PalisadeBackend {
+    fn new(inner: Arc<dyn WriteBackend>) -> Self {
+        Self {
+            inner,
+            hold_snapshots: AtomicBool::new(false),
+            last_snapshot: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The id of the last snapshot file written through this backend.
+    pub(crate) fn last_snapshot(&self) -> Option<Id> {
+        *self.last_snapshot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// While `hold` is true, snapshot files are not written (their content is discarded).
+    pub(crate) fn hold_snapshots(&self, hold: bool) {
+        self.hold_snapshots.store(hold, Ordering::SeqCst);
+    }
+}
+
+impl ReadBackend for PalisadeBackend {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+
+    fn list_with_size(&self, tpe: FileType) -> RusticResult<Vec<(Id, u32)>> {
+        self.inner.list_with_size(tpe)
+    }
+
+    fn read_full(&self, tpe: FileType, id: &Id) -> RusticResult<bytes::Bytes> {
+        self.inner.read_full(tpe, id)
+    }
+
+    fn read_partial(
+        &self,
+        tpe: FileType,
+        id: &Id,
+        cacheable: bool,
+        offset: u32,
+        length: u32,
+    ) -> RusticResult<bytes::Bytes> {
+        self.inner.read_partial(tpe, id, cacheable, offset, length)
+    }
+
+    fn warmup_path(&self, tpe: FileType, id: &Id) -> String {
+        self.inner.warmup_path(tpe, id)
+    }
+
+    fn needs_warm_up(&self) -> bool {
+        self.inner.needs_warm_up()
+    }
+
+    fn warm_up(&self, tpe: FileType, id: &Id) -> RusticResult<()> {
+        self.inner.warm_up(tpe, id)
+    }
+}
+
+impl WriteBackend for PalisadeBackend {
+    fn create(&self) -> RusticResult<()> {
+        self.inner.create()
+    }
+
+    fn write_bytes(
+        &self,
+        tpe: FileType,
+        id: &Id,
+        cacheable: bool,
+        content: BytesList,
+    ) -> RusticResult<()> {
+        if tpe == FileType::Snapshot {
+            if self.hold_snapshots.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            self.inner.write_bytes(tpe, id, cacheable, content)?;
+            *self.last_snapshot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(*id);
+            return Ok(());
+        }
+        self.inner.write_bytes(tpe, id, cacheable, content)
+    }
+
+    fn remove(&self, tpe: FileType, id: &Id, cacheable: bool) -> RusticResult<()> {
+        self.inner.remove(tpe, id, cacheable)
+    }
+}
+
+/// An opened repository plus the backend handle Palisade controls.
+pub struct Repo {
+    pub(crate) inner: Repository<OpenStatus>,
+    pub(crate) backend: Arc<PalisadeBackend>,
+    pub(crate) location: Location,
+    backends: RepositoryBackends,
+    bars: SharedBars,
+    password: Password,
+}
+
+impl fmt::Debug for Repo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Repo").field("location", &self.location).finish()
+    }
+}
+
+/// One key of a repository, as `key list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyInfo {
+    /// The key file's id.
+    pub id: String,
+    /// Whether this is the key the repository was opened with.
+    pub current: bool,
+    /// The user name recorded when the key was made.
+    pub username: String,
+    /// The host name recorded when the key was made.
+    pub hostname: String,
+    /// When the key was made.
+    pub created: String,
+}
+
+fn backends(location: &Location) -> Result<(RepositoryBackends, Arc<PalisadeBackend>)> {
+    let inner: Arc<dyn WriteBackend> = match location {
+        Location::Local(path) => {
+            let text = path.to_string_lossy();
+            Arc::new(
+                LocalBackend::new(text, std::iter::empty())
+                    .map_err(|err| Error::repo("opening the local repository", err))?,
+            )
+        }
+    };
+    let backend = Arc::new(PalisadeBackend::new(inner));
+    let dyn_backend: Arc<dyn WriteBackend> = backend.clone();
+    Ok((RepositoryBackends::new(dyn_backend, None), backend))
+}
+
+/// Progress bars shared by every handle on one repository.
+#[derive(Debug, Clone)]
+struct SharedBars(Arc<dyn ProgressBars>);
+
+impl ProgressBars for SharedBars {
+    fn progress(&self, progress_type: ProgressType, prefix: &str) -> Progress {
+        self.0.progress(progress_type, prefix)
+    }
+}
+
+fn repository(backends: &RepositoryBackends, bars: &SharedBars) -> Result<Repository<()>> {
+    // Palisade keeps no local cache: every read goes to the repository, which keeps `check`
+    // honest and leaves nothing behind on the host.
+    let options = RepositoryOptions::default().no_cache(true);
+    Repository::new_with_progress(&options, backends, bars.clone())
+        .map_err(|err| Error::repo("opening the repository", err))
+}
+
+impl Repo {
+    /// Creates a new repository at `location`, protected by `password`.
+    pub fn init(
+        location: Location,
+        password: Password,
+        chunker: ChunkerOptions,
+        bars: Arc<dyn ProgressBars>,
+    ) -> Result<Self> {
+        let bars = SharedBars(bars);
+        if let Location::Local(path) = &location
+            && path.join("config").exists()
+        {
+            return Err(Error::AlreadyInitialised {
+                repo: location.to_string(),
+            });
+        }
+        let (backends, backend) = backends(&location)?;
+        let config = ConfigOptions::default()
+            .set_chunker(rustic_core::repofile::Chunker::Rabin)
+            .set_chunk_size(bytesize::ByteSize(chunker.average))
+            .set_chunk_min_size(bytesize::ByteSize(chunker.min))
+            .set_chunk_max_size(bytesize::ByteSize(chunker.max));
+        let inner = repository(&backends, &bars)?
+            .init(&password.credentials(), &KeyOptions::default(), &config)
+            .map_err(|err| Error::repo("creating the repository", err))?;
+        Ok(Self {
+            inner,
+            backend,
+            location,
+            backends,
+            bars,
+            password,
+        })
+    }
+
+    /// Opens the repository at `location` with `password`; `bars` shows progress (pass
+    /// `Arc::new(rustic_core::NoProgressBars)` for none).
+    pub fn open(location: Location, password: Password, bars: Arc<dyn ProgressBars>) -> Result<Self> {
+        let bars = SharedBars(bars);
+        let (backends, backend) = backends(&location)?;
+        let repo = repository(&backends, &bars)?;
+        let has_config = repo
+            .config_id()
+            .map_err(|err| Error::repo("reading the repository", err))?
+            .is_some();
+        if !has_config {
+            return Err(Error::NotARepository {
+                repo: location.to_string(),
+            });
+        }
+        let inner = repo.open(&password.credentials()).map_err(|err| {
+            if err.is_incorrect_password() {
+                Error::WrongPassword {
+                    repo: location.to_string(),
+                }
+            } else {
+                Error::repo("opening the repository", err)
+            }
+        })?;
+        Ok(Self {
+            inner,
+            backend,
+            location,
+            backends,
+            bars,
+            password,
+        })
+    }
+
+    /// Where this repository lives.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// The repository's id.
+    pub fn id(&self) -> String {
+        self.inner.config().id.to_string()
+    }
+
+    /// Loads the index of blob ids: enough to back up.
+    pub(crate) fn indexed_ids(&self) -> Result<Repository<IndexedIdsStatus>> {
+        self.reopen()?
+            .to_indexed_ids()
+            .map_err(|err| Error::repo("reading the repository index", err))
+    }
+
+    /// Opens a fresh handle, so that files written since this one was opened are seen.
+    pub(crate) fn reopen(&self) -> Result<Repository<OpenStatus>> {
+        repository(&self.backends, &self.bars)?
+            .open(&self.password.credentials())
+            .map_err(|err| Error::repo("opening the repository", err))
+    }
+
+    /// Lists the repository's keys.
+    pub fn keys(&self) -> Result<Vec<KeyInfo>> {
+        let current = self.inner.key_id().map(|id| id.to_string());
+        let ids: Vec<rustic_core::repofile::KeyId> = self
+            .inner
+            .list()
+            .map_err(|err| Error::repo("listing keys", err))?
+            .collect();
+        let mut keys = Vec::with_capacity(ids.len());
+        for id in ids {
+            let file: KeyFile = self
+                .inner
+                .get_file(&id)
+                .map_err(|err| Error::repo("reading a key", err))?;
+            keys.push(KeyInfo {
+                id: id.to_string(),
+                current: current.as_deref() == Some(&id.to_string()),
+                username: file.username.unwrap_or_default(),
+                hostname: file.hostname.unwrap_or_default(),
+                created: file.created.map(|t| t.to_string()).unwrap_or_default(),
+            });
+        }
+        keys.sort_by(|a, b| a.created.cmp(&b.created));
+        Ok(keys)
+    }
+
+    /// Adds a key that opens the repository with `password`; returns its id.
+    pub fn add_key(&self, password: &Password) -> Result<String> {
+        let id = self
+            .inner
+            .add_key(password.as_str(), &KeyOptions::default())
+            .map_err(|err| Error::repo("adding a key", err))?;
+        Ok(id.to_string())
+    }
+
+    /// Removes the key whose id starts with `prefix`; never the key in use.
+    pub fn remove_key(&self, prefix: &str) -> Result<String> {
+        let key = self.find_key(prefix)?;
+        if key.current {
+            return Err(Error::Repository {
+                context: "removing a key".into(),
+                message: "that is the key this command was opened with; open the repository \
+                          with another key to remove it"
+                    .into(),
+            });
+        }
+        let id = self
+            .inner
+            .find_ids::<rustic_core::repofile::KeyId, _>(&[key.id.as_str()])
+            .map_err(|err| Error::repo("finding the key", err))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::NoSuchKey { id: prefix.into() })?;
+        self.inner
+            .delete_key(&id)
+            .map_err(|err| Error::repo("removing the key", err))?;
+        Ok(key.id)
+    }
+
+    /// Replaces the key in use by one for `password`; returns the new key's id.
+    pub fn change_password(&self, password: &Password) -> Result<String> {
+        let old = self
+            .inner
+            .key_id()
+            .ok_or_else(|| Error::Repository {
+                context: "changing the password".into(),
+                message: "the repository was not opened with a password".into(),
+            })?;
+        let new = self.add_key(password)?;
+        self.inner
+            .delete_key(&old)
+            .map_err(|err| Error::repo("removing the old key", err))?;
+        Ok(new)
+    }
+
+    fn find_key(&self, prefix: &str) -> Result<KeyInfo> {
+        let matches: Vec<_> = self
+            .keys()?
+            .into_iter()
+            .filter(|k| !prefix.is_empty() && k.id.starts_with(prefix))
+            .collect();
+        match matches.len() {
+            1 => Ok(matches.into_iter().next().expect("one match")),
+            0 => Err(Error::NoSuchKey { id: prefix.into() }),
+            _ => Err(Error::Repository {
+                context: "finding the key".into(),
+                message: format!("`{prefix}` matches several keys; give more of the id"),
+            }),
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! Backup sources, and the one `ReadSource` that lays them all out in a single snapshot tree.
+//!
+//! A snapshot holds `databases/NAME` (SQLite copies), `dumps/NAME` (streams), `files/NAME/...`
+//! (directories) and `palisade/catalog.json`. Entries must reach the archiver in path order, so
+//! items are sorted by folder, then by name.
+
+use std::{
+    ffi::OsStr,
+    fs::File,
+    io::Read,
+    path::{Path, PathBuf},
+};
+
+use rustic_core::{
+    Excludes, LocalSource, LocalSourceFilterOptions, LocalSourceSaveOptions, ReadSource,
+    ReadSourceEntry, ReadSourceOpen, RusticResult,
+    repofile::{Metadata, Node, NodeType},
+};
+
+use crate::{
+    Error, Result,
+    catalog::ItemKind,
+    hashing::{Collector, HashingReader},
+};
+
+/// A source the user asked to back up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    /// An SQLite database file, copied online.
+    Sqlite { path: PathBuf, name: Option<String> },
+    /// A directory tree, with glob patterns to leave out.
+    Directory {
+        path: PathBuf,
+        name: Option<String>,
+        exclude: Vec<String>,
+    },
+    /// Standard input, stored under `name`.
+    Stream { name: String },
+}
+
+impl SourceSpec {
+    /// The kind of item this source becomes.
+    pub fn kind(&self) -> ItemKind {
+        match self {
+            Self::Sqlite { .. } => ItemKind::Sqlite,
+            Self::Directory { .. } => ItemKind::Directory,
+            Self::Stream { .. } => ItemKind::Stream,
+        }
+    }
+
+    /// The item's name: given, or the last component of the source path.
+    pub fn name(&self) -> Result<String> {
+        let (path, name) = match self {
+            Self::Sqlite { path, name } | Self::Directory { path, name, .. } => (path, name),
+            Self::Stream { name } => return validate_name(name),
+        };
+        if let Some(name) = name {
+            return validate_name(name);
+        }
+        let base = absolute(path)?
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| Error::BadItemName {
+                name: path.display().to_string(),
+                reason: "the path has no last component to name the item after; give it a name"
+                    .into(),
+            })?;
+        validate_name(&base)
+    }
+}
+
+/// An item name must be one plain path component.
+pub(crate) fn validate_name(name: &str) -> Result<String> {
+    let bad = |reason: &str| Error::BadItemName {
+        name: name.into(),
+        reason: reason.into(),
+    };
+    match name {
+        "" => Err(bad("it is empty")),
+        "." | ".." => Err(bad("it is a relative path component")),
+        _ if name.contains('/') => Err(bad("it contains `/`; use a plain name")),
+        _ if name.contains('\0') => Err(bad("it contains a NUL byte")),
+        _ => Ok(name.to_string()),
+    }
+}
+
+/// The absolute form of `path`, without resolving symlinks.
+pub(crate) fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).map_err(|err| Error::io(path, err))
+}
+
+/// A file whose bytes are known before the archive starts (a database copy or a spooled stream).
+#[derive(Debug)]
+pub(crate) struct ReadyFile {
+    pub(crate) item: usize,
+    pub(crate) snapshot_path: PathBuf,
+    pub(crate) file: PathBuf,
+    pub(crate) size: u64,
+    pub(crate) mtime: Option<rustic_core::jiff::Timestamp>,
+}
+
+/// A directory to walk during the archive.
+pub(crate) struct WalkedDir {
+    pub(crate) item: usize,
+    pub(crate) snapshot_path: PathBuf,
+    pub(crate) root: PathBuf,
+    pub(crate) source: LocalSource,
+}
+
+impl WalkedDir {
+    pub(crate) fn new(item: usize, name: &str, root: PathBuf, exclude: &[String]) -> Result<Self> {
+        let excludes = Excludes::default().globs(
+            exclude
+                .iter()
+                .map(|glob| format!("!{glob}"))
+                .collect::<Vec<_>>(),
+        );
+        let source = LocalSource::new(
+            LocalSourceSaveOptions::default(),
+            &excludes,
+            &LocalSourceFilterOptions::default(),
+            &[&root],
+        )
+        .map_err(|err| Error::BadSource {
+            path: root.clone(),
+            reason: format!("cannot walk it: {}", err.display_log()),
+        })?;
+        Ok(Self {
+            item,
+            snapshot_path: Path::new(ItemKind::Directory.folder()).join(name),
+            root,
+            source,
+        })
+    }
+}
+
+/// One part of the snapshot tree, in the order it is archived.
+pub(crate) enum Part {
+    Ready(ReadyFile),
+    Walk(WalkedDir),
+}
+
+/// How the archiver opens an entry: through a hashing reader that reports to the collector.
+pub(crate) struct TrackedOpen {
+    path: PathBuf,
+    item: usize,
+    relative: PathBuf,
+    collector: Collector,
+}
+
+impl ReadSourceOpen for TrackedOpen {
+    type Reader = HashingReader<Box<dyn Read + Send>>;
+
+    fn open(self) -> RusticResult<Self::Reader> {
+        let path = self.path;
+        match File::open(&path) {
+            Ok(file) => Ok(HashingReader::new(
+                Box::new(file),
+                self.item,
+                self.relative,
+                self.collector,
+            )),
+            Err(err) => {
+                let shown = self.relative.to_string_lossy().into_owned();
+                self.collector
+                    .skip(self.item, shown, format!("cannot open: {err}"));
+                Err(rustic_core::RusticError::with_source(
+                    rustic_core::ErrorKind::InputOutput,
+                    "Failed to open `{path}`.",
+                    err,
+                )
+                .attach_context("path", path.display().to_string()))
+            }
+        }
+    }
+}
+
+/// The data items of one backup as a single `ReadSource`.
+pub(crate) struct DataSource {
+    pub(crate) parts: Vec<Part>,
+    pub(crate) collector: Collector,
+}
+
+type Entry = RusticResult<ReadSourceEntry<TrackedOpen>>;
+
+impl ReadSource for DataSource {
+    type Open = TrackedOpen;
+    type Iter = Box<dyn Iterator<Item = Entry> + Send>;
+
+    fn size(&self) -> RusticResult<Option<u64>> {
+        let mut total = 0;
+        for part in &self.parts {
+            total += match part {
+                Part::Ready(file) => file.size,
+                Part::Walk(dir) => dir.source.size()?.unwrap_or_default(),
+            };
+        }
+        Ok(Some(total))
+    }
+
+    fn entries(&self) -> Self::Iter {
+        let mut iter: Self::Iter = Box::new(std::iter::empty());
+        for part in &self.parts {
+            let next: Self::Iter = match part {
+                Part::Ready(file) => Box::new(std::iter::once(Ok(self.ready_entry(file)))),
+                Part::Walk(dir) => Box::new(self.walk_entries(dir)),
+            };
+            iter = Box::new(iter.chain(next));
+        }
+        iter
+    }
+}
+
+impl DataSource {
+    fn ready_entry(&self, file: &ReadyFile) -> ReadSourceEntry<TrackedOpen> {
+        let name = file.snapshot_path.file_name().unwrap_or(OsStr::new("item"));
+        let meta = Metadata {
+            mode: Some(0o600),
+            mtime: file.mtime,
+            size: file.size,
+            ..Metadata::default()
+        };
+        ReadSourceEntry {
+            path: file.snapshot_path.clone(),
+            node: Node::new_node(name, NodeType::File, meta),
+            open: Some(TrackedOpen {
+                path: file.file.clone(),
+                item: file.item,
+                relative: PathBuf::new(),
+                collector: self.collector.clone(),
+            }),
+        }
+    }
+
+    fn walk_entries(&self, dir: &WalkedDir) -> impl Iterator<Item = Entry> + Send + use<> {
+        let collector = self.collector.clone();
+        let item = dir.item;
+        let root = dir.root.clone();
+        let target = dir.snapshot_path.clone();
+        dir.source.entries().map(move |entry| {
+            let entry = entry.inspect_err(|err| {
+                collector.skip(item, String::new(), format!("walk failed: {}", err.display_log()));
+            })?;
+            let relative = entry
+                .path
+                .strip_prefix(&root)
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|_| entry.path.clone());
+            let open = entry.open.map(|_| TrackedOpen {
+                path: entry.path.clone(),
+                item,
+                relative: relative.clone(),
+                collector: collector.clone(),
+            });
+            Ok(ReadSourceEntry {
+                path: target.join(&relative),
+                node: entry.node,
+                open,
+            })
+        })
+    }
+}
+
+/// The catalog as a one-entry source, archived after the data items.
+pub(crate) struct CatalogSource {
+    pub(crate) bytes: Vec<u8>,
+}
+
+impl ReadSource for CatalogSource {
+    type Open = std::io::Cursor<Vec<u8>>;
+    type Iter = std::iter::Once<RusticResult<ReadSourceEntry<Self::Open>>>;
+
+    fn size(&self) -> RusticResult<Option<u64>> {
+        Ok(Some(self.bytes.len() as u64))
+    }
+
+    fn entries(&self) -> Self::Iter {
+        let path = PathBuf::from(crate::catalog::CATALOG_PATH);
+        let meta = Metadata {
+            mode: Some(0o644),
+            mtime: Some(rustic_core::jiff::Timestamp::now()),
+            size: self.bytes.len() as u64,
+            ..Metadata::default()
+        };
+        let name = path.file_name().expect("catalog path has a file name");
+        let node = Node::new_node(name, NodeType::File, meta);
+        std::iter::once(Ok(ReadSourceEntry {
+            path,
+            node,
+            open: Some(std::io::Cursor::new(self.bytes.clone())),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_must_be_one_plain_component() {
+        for bad in ["", ".", "..", "a/b", "nul\0"] {
+            assert!(validate_name(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert_eq!(validate_name("app.sql").unwrap(), "app.sql");
+    }
+
+    #[test]
+    fn names_default_to_the_last_path_component() {
+        let spec = SourceSpec::Directory {
+            path: "/srv/app/uploads/".into(),
+            name: None,
+            exclude: vec![],
+        };
+        assert_eq!(spec.name().unwrap(), "uploads");
+        let spec = SourceSpec::Sqlite {
+            path: "/".into(),
+            name: None,
+        };
+        assert!(spec.name().is_err());
+    }
+}

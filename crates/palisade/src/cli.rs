@@ -1,0 +1,184 @@
+//! The command line: global options and one subcommand per task, named as restic names them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Encrypted, deduplicated, verified backups of a web application's data, in restic's
+/// repository format.
+#[derive(Debug, Parser)]
+#[command(name = "palisade", version, propagate_version = true)]
+#[command(after_help = "Exit codes: 0 success, 1 failure, 2 bad usage, 3 partial (some files \
+                        could not be read and were left out).")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Repository location (a directory); overrides the config file.
+    #[arg(long, short = 'r', global = true, env = "PALISADE_REPOSITORY")]
+    pub repo: Option<String>,
+
+    /// File whose first line is the repository password (PALISADE_PASSWORD_FILE also works;
+    /// PALISADE_PASSWORD holds the password itself).
+    #[arg(long, global = true, env = "PALISADE_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+
+    /// Config file; read when it exists.
+    #[arg(long, global = true, default_value = "palisade.toml", env = "PALISADE_CONFIG")]
+    pub config: PathBuf,
+
+    /// Print machine-readable JSON on standard output.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Print only errors.
+    #[arg(long, short, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Print more about what happens (twice for debugging output).
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new repository.
+    Init(InitArgs),
+    /// Back up databases, directories or a stream into a new snapshot.
+    Backup(BackupArgs),
+    /// List snapshots.
+    Snapshots,
+    /// List the items of a snapshot (or, with --tree, every entry).
+    Ls(LsArgs),
+    /// Restore a snapshot into a directory and verify it against its catalog.
+    Restore(RestoreArgs),
+    /// Check the repository's structure and, optionally, re-read its data.
+    Check(CheckArgs),
+    /// Show repository sizes and deduplication.
+    Stats,
+    /// Manage the repository's keys (passwords).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Try Palisade on a demo application: back up, restore and verify, with no server needed.
+    Quickstart(QuickstartArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Average chunk size in bytes (a power of two).
+    #[arg(long, value_name = "BYTES")]
+    pub chunk_size: Option<u64>,
+    /// Smallest chunk in bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub chunk_min_size: Option<u64>,
+    /// Largest chunk in bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub chunk_max_size: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// SQLite database to copy online (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub sqlite: Vec<PathBuf>,
+    /// Directory to back up (repeatable).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Vec<PathBuf>,
+    /// Glob of paths to leave out of --dir directories (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Read a stream (a dump, say) from standard input.
+    #[arg(long, requires = "name")]
+    pub stdin: bool,
+    /// Name to store the stream under.
+    #[arg(long, value_name = "NAME", requires = "stdin")]
+    pub name: Option<String>,
+    /// Run only this job from the config file.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["sqlite", "dir", "stdin"])]
+    pub job: Option<String>,
+    /// Tag for the snapshot (repeatable).
+    #[arg(long, value_name = "TAG")]
+    pub tag: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Snapshot id (or a prefix of it), or `latest`.
+    pub snapshot: String,
+    /// List every file and directory instead of the items.
+    #[arg(long)]
+    pub tree: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Snapshot id (or a prefix of it), or `latest`.
+    pub snapshot: String,
+    /// Directory to restore into (created when missing).
+    #[arg(long, value_name = "DIR")]
+    pub target: PathBuf,
+    /// Restore only this item (name or snapshot path; repeatable).
+    #[arg(long, value_name = "ITEM")]
+    pub include: Vec<String>,
+    /// Replace existing files that differ from the snapshot.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Re-read and verify every pack.
+    #[arg(long, conflicts_with = "read_data_subset")]
+    pub read_data: bool,
+    /// Re-read and verify a random share of packs, in percent.
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
+    pub read_data_subset: Option<f64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Add a key for another password.
+    Add(NewPassword),
+    /// List the keys.
+    List,
+    /// Remove a key (not the one in use).
+    Remove {
+        /// Key id, or a unique prefix of it.
+        id: String,
+    },
+    /// Replace the key in use by one for a new password.
+    Passwd(NewPassword),
+}
+
+#[derive(Debug, Args)]
+pub struct NewPassword {
+    /// File whose first line is the new password (PALISADE_NEW_PASSWORD holds it directly).
+    #[arg(long, value_name = "FILE", env = "PALISADE_NEW_PASSWORD_FILE")]
+    pub new_password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct QuickstartArgs {
+    /// Folder for the demo application, its config, key and repository.
+    #[arg(long, value_name = "DIR", default_value = "palisade-demo")]
+    pub dir: PathBuf,
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number; give a percentage such as 10"))?;
+    if value > 0.0 && value <= 100.0 {
+        Ok(value)
+    } else {
+        Err(format!("{value} is out of range; give a percentage above 0 and at most 100"))
+    }
+}

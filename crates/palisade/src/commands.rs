@@ -1,0 +1,431 @@
+//! Runs each subcommand: resolves repository and password, calls the engine, prints the result
+//! for people or as JSON.
+
+use std::{io::Write, path::PathBuf, sync::Arc};
+
+use anyhow::{Context, Result, bail};
+use bytesize::ByteSize;
+use palisade_backup::{
+    BackupReport, BackupRequest, ChunkerOptions, Location, Password, ReadData, Repo,
+    RestoreRequest, SourceSpec,
+};
+use rustic_core::ProgressBars;
+use serde::Serialize;
+
+use crate::{
+    Outcome,
+    cli::{BackupArgs, CheckArgs, Cli, Command, Global, InitArgs, KeyCommand, LsArgs, NewPassword},
+    config::Config,
+    progress, quickstart,
+};
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<Outcome> {
+    let global = cli.global;
+    if let Command::Quickstart(args) = &cli.command {
+        return quickstart::run(&args.dir, &global);
+    }
+    let config = Config::load(&global.config, config_named(&global))?;
+    let ctx = Session::new(global, config);
+    match cli.command {
+        Command::Init(args) => ctx.init(&args),
+        Command::Backup(args) => ctx.backup(args),
+        Command::Snapshots => ctx.snapshots(),
+        Command::Ls(args) => ctx.ls(&args),
+        Command::Restore(args) => ctx.restore(args),
+        Command::Check(args) => ctx.check(&args),
+        Command::Stats => ctx.stats(),
+        Command::Key(command) => ctx.key(command),
+        Command::Quickstart(_) => unreachable!("handled above"),
+    }
+}
+
+/// A config file given explicitly must exist; the default `palisade.toml` is optional.
+fn config_named(global: &Global) -> bool {
+    global.config != std::path::Path::new("palisade.toml")
+}
+
+struct Session {
+    global: Global,
+    config: Config,
+    bars: Arc<dyn ProgressBars>,
+}
+
+impl Session {
+    fn new(global: Global, config: Config) -> Self {
+        let bars = progress::bars(global.quiet, global.json);
+        Self {
+            global,
+            config,
+            bars,
+        }
+    }
+
+    /// The repository location: `--repo`, then the job's, then the config's.
+    fn location(&self, job_repo: Option<&str>) -> Result<Location> {
+        let text = self
+            .global
+            .repo
+            .as_deref()
+            .or(job_repo)
+            .or(self.config.repository.as_deref())
+            .context(
+                "no repository given: pass --repo DIR, set PALISADE_REPOSITORY, or set \
+                 `repository` in palisade.toml",
+            )?;
+        Ok(Location::parse(text)?)
+    }
+
+    /// The password: `--password-file`, then PALISADE_PASSWORD, then the config's file.
+    fn password(&self, job_file: Option<&PathBuf>) -> Result<Password> {
+        if let Some(path) = &self.global.password_file {
+            return read_password_file(path);
+        }
+        if let Ok(text) = std::env::var("PALISADE_PASSWORD") {
+            return Ok(Password::new(text));
+        }
+        match job_file.or(self.config.password_file.as_ref()) {
+            Some(path) => read_password_file(path),
+            None => bail!(
+                "no password given: pass --password-file FILE, set PALISADE_PASSWORD, or set \
+                 `password_file` in palisade.toml"
+            ),
+        }
+    }
+
+    fn open(&self) -> Result<Repo> {
+        Ok(Repo::open(self.location(None)?, self.password(None)?, self.bars.clone())?)
+    }
+
+    fn init(&self, args: &InitArgs) -> Result<Outcome> {
+        let defaults = ChunkerOptions::default();
+        let chunker = ChunkerOptions {
+            average: args.chunk_size.unwrap_or(defaults.average),
+            min: args.chunk_min_size.unwrap_or(defaults.min),
+            max: args.chunk_max_size.unwrap_or(defaults.max),
+        };
+        let location = self.location(None)?;
+        let repo = Repo::init(location.clone(), self.password(None)?, chunker, self.bars.clone())?;
+        #[derive(Serialize)]
+        struct Created {
+            id: String,
+            repository: String,
+        }
+        self.print(
+            &Created {
+                id: repo.id(),
+                repository: location.to_string(),
+            },
+            |c| format!("created repository {} at {}", c.id, c.repository),
+        )
+    }
+
+    fn backup(&self, args: BackupArgs) -> Result<Outcome> {
+        let ad_hoc = ad_hoc_sources(&args);
+        if !ad_hoc.is_empty() {
+            let repo = self.open()?;
+            let stream: Option<Box<dyn std::io::Read + Send>> =
+                args.stdin.then(|| Box::new(std::io::stdin()) as Box<_>);
+            let report = palisade_backup::backup(&repo, self.request(ad_hoc, stream, None, &args.tag))?;
+            return self.report_backups(&[report]);
+        }
+        let jobs: Vec<_> = match &args.job {
+            Some(name) => vec![self.config.job(name)?.clone()],
+            None if self.config.jobs.is_empty() => bail!(
+                "nothing to back up: pass --sqlite FILE, --dir DIR or --stdin --name NAME, or \
+                 define [[jobs]] in {}",
+                self.global.config.display()
+            ),
+            None => self.config.jobs.clone(),
+        };
+        let mut reports = Vec::new();
+        let mut failures = Vec::new();
+        for job in &jobs {
+            let outcome = (|| -> Result<BackupReport> {
+                let repo = Repo::open(
+                    self.location(job.repository.as_deref())?,
+                    self.password(job.password_file.as_ref())?,
+                    self.bars.clone(),
+                )?;
+                let mut tags = job.tags.clone();
+                tags.extend(args.tag.iter().cloned());
+                Ok(palisade_backup::backup(
+                    &repo,
+                    self.request(job.specs(), None, Some(job.name.clone()), &tags),
+                )?)
+            })();
+            match outcome {
+                Ok(report) => reports.push(report),
+                Err(err) => {
+                    eprintln!("palisade: job {}: {}", job.name, crate::render(&err));
+                    failures.push(job.name.clone());
+                }
+            }
+        }
+        let outcome = self.report_backups(&reports)?;
+        if !failures.is_empty() {
+            bail!("{} of {} job(s) failed: {}", failures.len(), jobs.len(), failures.join(", "));
+        }
+        Ok(outcome)
+    }
+
+    fn request(
+        &self,
+        sources: Vec<SourceSpec>,
+        stream: Option<Box<dyn std::io::Read + Send>>,
+        job: Option<String>,
+        tags: &[String],
+    ) -> BackupRequest {
+        BackupRequest {
+            sources,
+            stream,
+            job,
+            tags: tags.to_vec(),
+            temp_dir: self.config.temp_dir.clone().unwrap_or_else(std::env::temp_dir),
+        }
+    }
+
+    fn report_backups(&self, reports: &[BackupReport]) -> Result<Outcome> {
+        let partial = reports.iter().any(BackupReport::is_partial);
+        if self.global.json {
+            print_json(&reports)?;
+        } else if !self.global.quiet {
+            for report in reports {
+                println!(
+                    "snapshot {} saved: {} item(s), {} file(s), {} read, {} added",
+                    &report.snapshot[..report.snapshot.len().min(8)],
+                    report.catalog.items.len(),
+                    report.files,
+                    ByteSize(report.bytes_read).display().iec(),
+                    ByteSize(report.bytes_added).display().iec(),
+                );
+                for item in &report.catalog.items {
+                    for skip in &item.skipped {
+                        eprintln!("palisade: skipped {}/{}: {}", item.path, skip.path, skip.reason);
+                    }
+                }
+            }
+        }
+        if partial {
+            eprintln!("palisade: some files could not be read and were left out (exit code 3)");
+            return Ok(Outcome::Partial);
+        }
+        Ok(Outcome::Done)
+    }
+
+    fn snapshots(&self) -> Result<Outcome> {
+        let snaps = palisade_backup::snapshots(&self.open()?)?;
+        self.print(&snaps, |snaps| {
+            let mut out = format!(
+                "{:<8}  {:<25}  {:<12}  {:<10}  {:>10}  paths\n",
+                "id", "time", "host", "job", "size"
+            );
+            for s in snaps {
+                out.push_str(&format!(
+                    "{:<8}  {:<25}  {:<12}  {:<10}  {:>10}  {}\n",
+                    s.short_id,
+                    s.time,
+                    s.hostname,
+                    s.label,
+                    ByteSize(s.bytes).display().iec().to_string(),
+                    s.paths.join(", ")
+                ));
+            }
+            out.push_str(&format!("{} snapshot(s)", snaps.len()));
+            out
+        })
+    }
+
+    fn ls(&self, args: &LsArgs) -> Result<Outcome> {
+        let repo = self.open()?;
+        if args.tree {
+            let entries = palisade_backup::tree(&repo, &args.snapshot)?;
+            return self.print(&entries, |entries| {
+                entries
+                    .iter()
+                    .map(|e| format!("{:<8} {:>12}  {}", e.kind, e.size, e.path))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        let catalog = palisade_backup::catalog(&repo, &args.snapshot)?;
+        self.print(&catalog, |catalog| {
+            let mut out = String::new();
+            for item in &catalog.items {
+                let detail = match &item.tables {
+                    Some(tables) => format!(
+                        "{} table(s), {} row(s)",
+                        tables.len(),
+                        tables.values().sum::<u64>()
+                    ),
+                    None => format!("{} file(s)", item.files),
+                };
+                out.push_str(&format!(
+                    "{:<9} {:>10}  {}  {:<40} {}\n",
+                    format!("{:?}", item.kind).to_lowercase(),
+                    ByteSize(item.size).display().iec().to_string(),
+                    &item.sha256[..item.sha256.len().min(12)],
+                    item.path,
+                    detail
+                ));
+            }
+            out.trim_end().to_string()
+        })
+    }
+
+    fn restore(&self, args: crate::cli::RestoreArgs) -> Result<Outcome> {
+        let repo = self.open()?;
+        let report = palisade_backup::restore(
+            &repo,
+            &RestoreRequest {
+                snapshot: args.snapshot,
+                target: args.target,
+                include: args.include,
+                overwrite: args.overwrite,
+            },
+        )?;
+        self.print(&report, |r| {
+            let verified = r.items.iter().filter(|i| i.verified == Some(true)).count();
+            format!(
+                "restored snapshot {} to {}: {} file(s), {}; {} item(s) verified against the catalog",
+                &r.snapshot[..8.min(r.snapshot.len())],
+                r.target.display(),
+                r.files,
+                ByteSize(r.bytes).display().iec(),
+                verified
+            )
+        })
+    }
+
+    fn check(&self, args: &CheckArgs) -> Result<Outcome> {
+        let read = match (args.read_data, args.read_data_subset) {
+            (true, _) => ReadData::All,
+            (false, Some(p)) => ReadData::Percent(p),
+            (false, None) => ReadData::None,
+        };
+        let report = palisade_backup::check(&self.open()?, read)?;
+        if self.global.json {
+            print_json(&report)?;
+        } else {
+            for warning in &report.warnings {
+                eprintln!("warning: {warning}");
+            }
+            for error in &report.errors {
+                eprintln!("error: {error}");
+            }
+            if report.is_ok() && !self.global.quiet {
+                println!("no errors were found");
+            }
+        }
+        if !report.is_ok() {
+            bail!("check found {} error(s) in the repository", report.errors.len());
+        }
+        Ok(Outcome::Done)
+    }
+
+    fn stats(&self) -> Result<Outcome> {
+        let stats = palisade_backup::stats(&self.open()?)?;
+        self.print(&stats, |s| {
+            format!(
+                "snapshots:          {}\ntotal restore size: {}\nunique data:        {}\n\
+                 stored (packs):     {}\nstored (all files): {}\ndata blobs:         {}\n\
+                 tree blobs:         {}\ndeduplication:      {:.2}x",
+                s.snapshots,
+                ByteSize(s.total_restore_size).display().iec(),
+                ByteSize(s.unique_data).display().iec(),
+                ByteSize(s.stored).display().iec(),
+                ByteSize(s.stored_total).display().iec(),
+                s.data_blobs,
+                s.tree_blobs,
+                s.dedup_ratio
+            )
+        })
+    }
+
+    fn key(&self, command: KeyCommand) -> Result<Outcome> {
+        let repo = self.open()?;
+        #[derive(Serialize)]
+        struct KeyId {
+            id: String,
+        }
+        match command {
+            KeyCommand::List => self.print(&repo.keys()?, |keys| {
+                keys.iter()
+                    .map(|k| {
+                        format!(
+                            "{} {:<8}  {:<10}  {:<12}  {}",
+                            if k.current { "*" } else { " " },
+                            &k.id[..8.min(k.id.len())],
+                            k.username,
+                            k.hostname,
+                            k.created
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }),
+            KeyCommand::Add(new) => {
+                let id = repo.add_key(&new_password(&new)?)?;
+                self.print(&KeyId { id }, |k| format!("added key {}", k.id))
+            }
+            KeyCommand::Remove { id } => {
+                let id = repo.remove_key(&id)?;
+                self.print(&KeyId { id }, |k| format!("removed key {}", k.id))
+            }
+            KeyCommand::Passwd(new) => {
+                let id = repo.change_password(&new_password(&new)?)?;
+                self.print(&KeyId { id }, |k| {
+                    format!("password changed; the repository now opens with key {}", k.id)
+                })
+            }
+        }
+    }
+
+    /// Prints `value` as JSON with `--json`, else as `human` renders it (nothing with `-q`).
+    fn print<T: Serialize>(&self, value: &T, human: impl FnOnce(&T) -> String) -> Result<Outcome> {
+        if self.global.json {
+            print_json(value)?;
+        } else if !self.global.quiet {
+            println!("{}", human(value));
+        }
+        Ok(Outcome::Done)
+    }
+}
+
+fn ad_hoc_sources(args: &BackupArgs) -> Vec<SourceSpec> {
+    let mut specs: Vec<SourceSpec> = args
+        .sqlite
+        .iter()
+        .map(|path| SourceSpec::Sqlite { path: path.clone(), name: None })
+        .collect();
+    specs.extend(args.dir.iter().map(|path| SourceSpec::Directory {
+        path: path.clone(),
+        name: None,
+        exclude: args.exclude.clone(),
+    }));
+    if let (true, Some(name)) = (args.stdin, &args.name) {
+        specs.push(SourceSpec::Stream { name: name.clone() });
+    }
+    specs
+}
+
+fn read_password_file(path: &std::path::Path) -> Result<Password> {
+    Password::from_file(path).with_context(|| format!("cannot read the password file {}", path.display()))
+}
+
+fn new_password(args: &NewPassword) -> Result<Password> {
+    if let Some(path) = &args.new_password_file {
+        return read_password_file(path);
+    }
+    match std::env::var("PALISADE_NEW_PASSWORD") {
+        Ok(text) => Ok(Password::new(text)),
+        Err(_) => bail!("no new password given: pass --new-password-file FILE or set PALISADE_NEW_PASSWORD"),
+    }
+}
+
+pub(crate) fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! The `palisade` binary: parses the command line, runs the command, maps the outcome to an exit
+//! code (0 ok, 1 failed, 2 bad usage, 3 partial).
+
+mod cli;
+mod commands;
+mod config;
+mod progress;
+mod quickstart;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// What a command achieved, for the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything asked for was done.
+    Done,
+    /// Done, but some entries could not be read and were left out.
+    Partial,
+}
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    init_logging(&cli.global);
+    match commands::run(cli) {
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::Partial) => ExitCode::from(3),
+        Err(err) => {
+            eprintln!("palisade: {}", render(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One line per cause, outermost first, without repeating a cause already included.
+fn render(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+/// Warnings by default (rustic_core's own at error only, since Palisade reports skipped files
+/// itself); `-v` shows info, `-vv` debug, `-q` errors only.
+fn init_logging(global: &cli::Global) {
+    let (ours, engine) = match (global.quiet, global.verbose) {
+        (true, _) => (log::LevelFilter::Error, log::LevelFilter::Error),
+        (false, 0) => (log::LevelFilter::Warn, log::LevelFilter::Error),
+        (false, 1) => (log::LevelFilter::Info, log::LevelFilter::Warn),
+        (false, _) => (log::LevelFilter::Debug, log::LevelFilter::Debug),
+    };
+    env_logger::Builder::new()
+        .filter_level(ours)
+        .filter_module("rustic_core", engine)
+        .filter_module("rustic_backend", engine)
+        .format_target(false)
+        .format_timestamp(None)
+        .parse_env("PALISADE_LOG")
+        .init();
+}
