@@ -48,8 +48,8 @@ def read_results(path):
             cols = line.rstrip("\n").split("\t")
             if len(cols) < 8:
                 continue
-            cols += [""] * (12 - len(cols))
-            tool, inp, step, bytes_in, secs, rss, repo, status, rep, cpu, steal, load1 = cols[:12]
+            cols += [""] * (13 - len(cols))
+            tool, inp, step, bytes_in, secs, rss, repo, status, rep, cpu, steal, load1, other = cols[:13]
             runs.setdefault((inp, step), []).append({
                 "bytes": int(bytes_in) if bytes_in else None,
                 "secs": float(secs) if secs else None,
@@ -60,23 +60,33 @@ def read_results(path):
                 "cpu": float(cpu) if cpu else None,
                 "steal": float(steal) if steal else None,
                 "load1": float(load1) if load1 else None,
+                "other": float(other) if other else None,
             })
     return runs
 
 
+def disturbed(r):
+    """Other processes used more than a quarter of a core on average during the step (same rule as run.sh)."""
+    return r["other"] is not None and r["secs"] and r["other"] > 0.25 * r["secs"]
+
+
 def aggregate(runs):
-    """Median wall time and repository size, highest peak RSS, over the runs of one step."""
+    """Median wall time (over the undisturbed runs when there are any) and repository size,
+    highest peak RSS, over the runs of one step."""
     if not runs:
         return None
     bad = [r for r in runs if not r["status"].startswith("ok")]
-    secs = [r["secs"] for r in runs if r["secs"] is not None]
+    clean = [r for r in runs if not disturbed(r)]
+    timed = clean or runs
+    secs = [r["secs"] for r in timed if r["secs"] is not None]
     repos = [r["repo"] for r in runs if r["repo"] is not None]
     rss = [r["rss_kb"] for r in runs if r["rss_kb"] is not None]
     cpu = [r["cpu"] for r in runs if r["cpu"] is not None]
     steal = [r["steal"] for r in runs if r["steal"] is not None]
     return {
         "bytes": runs[0]["bytes"],
-        "n": len(runs),
+        "n": len(timed),
+        "all_disturbed": not clean,
         "secs": statistics.median(secs) if secs else None,
         "secs_min": min(secs) if secs else None,
         "secs_max": max(secs) if secs else None,
@@ -105,9 +115,10 @@ def fmt_mbps(r):
     v = mbps(r)
     if v is None:
         return f"failed ({r['status']})"
+    mark = " (disturbed)" if r["all_disturbed"] else ""
     if r["n"] > 1:
-        return f"{v:.1f} MB/s ({r['secs']:.1f} s; {r['secs_min']:.1f}–{r['secs_max']:.1f} s)"
-    return f"{v:.1f} MB/s ({r['secs']:.1f} s)"
+        return f"{v:.1f} MB/s ({r['secs']:.1f} s; {r['secs_min']:.1f}–{r['secs_max']:.1f} s){mark}"
+    return f"{v:.1f} MB/s ({r['secs']:.1f} s){mark}"
 
 
 def fmt_bytes(n):
@@ -234,11 +245,15 @@ def main():
     w("")
     n_runs = max((r["n"] for t in TOOLS for r in res[t].values() if r and r["bytes"] and r["n"]), default=1)
     w(f"- The tree and dump sequences run {n_runs} time(s) per tool, each time in fresh repositories; the tables give the "
-      "median wall time (with the fastest and slowest run), the median repository size and the highest peak RSS. "
+      "median wall time (with the fastest and slowest run) over the undisturbed runs, the median repository size and "
+      "the highest peak RSS. A run is *disturbed* when other processes used more than a quarter of a core on average "
+      "during it (see *others* below); the script repeats the sequence until it has the wanted number of "
+      "undisturbed runs, or gives up after twice as many, and a figure that only has disturbed runs says so. "
       "Every single run is listed under *All runs* at the end.")
     w("- Wall time is the command alone, measured around `/usr/bin/time -v`, whose *Maximum resident set size* gives peak RSS. "
-      "Inputs are in the page cache before each backup (read once beforehand); `sync` runs before (with a 2 s pause) and "
-      "after each step, outside the timed window.")
+      "Inputs are in the page cache before each backup (read once beforehand); `sync` runs before and after each step, "
+      "outside the timed window, and before each step the script waits until the rest of the machine is idle "
+      "(other processes using under a quarter of a core over 2 s), since the 2 cores are shared with development work.")
     w("- MB/s = input bytes / wall seconds, with MB = 10^6 bytes (restore: bytes restored / seconds).")
     w("- Bytes stored = `du -sb REPO` after the run (restic's local cache is kept outside the repository and not counted).")
     w("- Every restore is checked byte for byte (`diff -r --no-dereference` for the tree, `cmp` for the dump) and then deleted.")
@@ -291,7 +306,9 @@ def main():
             w("")
             w(f"From `restic stats --mode raw-data`: the day-1 dump was cut into {b1:,} chunks "
               f"({int(pg['DAY1_BYTES']) / b1 / MIB:.2f} MiB on average), the day-2 dump into {b2:,}, of which "
-              f"{both - b1:,} ({100 * (both - b1) / b2:.0f} %) were new, so only {b2 - (both - b1):,} chunks were shared.")
+              f"{both - b1:,} ({100 * (both - b1) / b2:.0f} %) were new, so only {b2 - (both - b1):,} chunks were shared "
+              "(last run; restic draws a random chunker polynomial for each new repository, so the boundaries and "
+              "these counts differ a little from run to run).")
         w("")
 
     # --- big stream
@@ -348,10 +365,12 @@ def main():
     w("## All runs")
     w("")
     w("CPU = user + system seconds of the command (from `/usr/bin/time -v`); steal = CPU time the hypervisor took from "
-      "this VM during the step (`/proc/stat`), a sign of a noisy host; load = 1-minute load average when the step started.")
+      "this VM during the step (`/proc/stat`), a sign of a noisy host; others = CPU seconds that all other processes on the "
+      "machine used during the step (busy time from `/proc/stat` minus the command's CPU), a sign that other work "
+      "(a build, a test run) shared the 2 cores; load = 1-minute load average when the step started.")
     w("")
-    w("| tool | input | step | run | wall s | MB/s | CPU s | steal s | load | peak RSS | repo bytes | status |")
-    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    w("| tool | input | step | run | wall s | MB/s | CPU s | others s | steal s | load | peak RSS | repo bytes | status |")
+    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for t in TOOLS:
         for (inp, step), runs in raw[t].items():
             for r in runs:
@@ -359,8 +378,10 @@ def main():
                 cpu = "" if r["cpu"] is None else f"{r['cpu']:.1f}"
                 steal = "" if r["steal"] is None else f"{r['steal']:.1f}"
                 load = "" if r["load1"] is None else f"{r['load1']:.2f}"
+                other = "" if r["other"] is None else f"{r['other']:.1f}"
                 repo = "" if r["repo"] is None else f"{r['repo']:,}"
-                w(f"| {t} | {inp} | {step} | {r['rep']} | {r['secs']:.2f} | {v} | {cpu} | {steal} | {load} | "
+                other += " (disturbed)" if disturbed(r) else ""
+                w(f"| {t} | {inp} | {step} | {r['rep']} | {r['secs']:.2f} | {v} | {cpu} | {other} | {steal} | {load} | "
                   f"{fmt_rss(r)} | {repo} | {r['status']} |")
     w("")
 

@@ -9,7 +9,10 @@
 #   RESTIC_BIN       restic binary                (default restic)
 #   BENCH_BIG        1 = run the 10 GiB stdin memory-bound step for palisade (default 1)
 #   BENCH_BIG_SIZE   size of that stream          (default 10G)
-#   BENCH_REPEAT     runs of the tree and dump sequences per tool; the report shows medians (default 3)
+#   BENCH_REPEAT     undisturbed runs of the tree and dump sequences per tool; the report shows medians (default 3)
+#   BENCH_MAX_RUNS   give up after this many runs even if some were disturbed (default 2 x BENCH_REPEAT)
+#   BENCH_QUIET_MAX  seconds to wait before each step for other processes to leave the CPUs idle (default 600)
+#   BENCH_QUIET_CORES  "idle" means other processes use fewer cores than this (default 0.25)
 #   PG_TEXT_BYTES    bytes of file content loaded into PostgreSQL (default 1300000000)
 #   BENCH_REBUILD_INPUTS  1 = throw away and rebuild the cached inputs
 #   BENCH_KEEP_PG    1 = keep the PostgreSQL cluster directory after the dumps
@@ -23,7 +26,11 @@ RESTIC_BIN=${RESTIC_BIN:-restic}
 BENCH_BIG=${BENCH_BIG:-1}
 BENCH_BIG_SIZE=${BENCH_BIG_SIZE:-10G}
 BENCH_REPEAT=${BENCH_REPEAT:-3}
+BENCH_MAX_RUNS=${BENCH_MAX_RUNS:-$((BENCH_REPEAT * 2))}
+BENCH_QUIET_MAX=${BENCH_QUIET_MAX:-600}
+BENCH_QUIET_CORES=${BENCH_QUIET_CORES:-0.25}
 REP=1
+DISTURBED=0
 PG_TEXT_BYTES=${PG_TEXT_BYTES:-1300000000}
 BENCH_DOC=${BENCH_DOC:-$REPO_ROOT/docs/benchmarks.md}
 PGBIN=/usr/lib/postgresql/15/bin
@@ -39,6 +46,9 @@ PASSWORD_FILE=$BENCH_DIR/password
 DUMP_NAME=dump.sql
 BIG_NAME=big.bin
 
+# only the settings below reach the tools
+unset RESTIC_REPOSITORY RESTIC_REPOSITORY_FILE RESTIC_PASSWORD RESTIC_PASSWORD_COMMAND RESTIC_COMPRESSION RESTIC_PACK_SIZE \
+    PALISADE_REPOSITORY PALISADE_PASSWORD PALISADE_PASSWORD_FILE PALISADE_CONFIG PALISADE_LOG
 export RESTIC_PASSWORD_FILE=$PASSWORD_FILE
 export RESTIC_CACHE_DIR=$SCRATCH/restic-cache
 export RESTIC_PROGRESS_FPS=0.2
@@ -239,23 +249,47 @@ stage_prepare() {
 
 # ---------------------------------------------------------------- measurement
 
+# wait_quiet: waits (up to BENCH_QUIET_MAX seconds) until the machine is idle, i.e. over a 2 s window
+# all processes together use less than BENCH_QUIET_CORES cores, so a step doesn't share the
+# 2 cores with someone else's build or tests. Proceeds anyway after the limit, with a warning.
+wait_quiet() {
+    local waited=0 busy
+    while :; do
+        busy=$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat)
+        sleep 2
+        busy=$(awk -v a="$busy" -v hz="$(getconf CLK_TCK)" '/^cpu / {printf "%.2f", ($2 + $3 + $4 + $7 + $8 - a) / hz / 2}' /proc/stat)
+        if awk -v b="$busy" -v m="$BENCH_QUIET_CORES" 'BEGIN {exit !(b < m)}'; then
+            ((waited == 0)) || log "  machine quiet after ${waited}s"
+            return 0
+        fi
+        ((waited == 0)) && log "  machine busy (${busy} cores in use by others); waiting up to ${BENCH_QUIET_MAX}s"
+        waited=$((waited + 2))
+        if ((waited >= BENCH_QUIET_MAX)); then
+            log "  WARNING: still busy (${busy} cores) after ${waited}s; measuring anyway"
+            return 0
+        fi
+    done
+}
+
 # measure TOOL INPUT STEP BYTES_IN REPO -- CMD ...
 # Runs CMD under /usr/bin/time -v with stdin from $M_STDIN (a file) or from the shell
 # pipeline $M_PRODUCER, then appends one line to $RESULTS/TOOL.tsv:
-#   tool input step bytes_in seconds max_rss_kb repo_bytes status rep cpu_seconds steal_seconds load1
+#   tool input step bytes_in seconds max_rss_kb repo_bytes status rep cpu_seconds steal_seconds load1 other_cpu_seconds
 # (cpu_seconds: user+system of the command; steal_seconds: CPU time the hypervisor took from
-# this VM during the step, from /proc/stat; load1: load average when the step started).
+# this VM during the step, from /proc/stat; load1: load average when the step started;
+# other_cpu_seconds: CPU time all other processes of the machine used during the step, i.e.
+# the machine's busy time from /proc/stat minus cpu_seconds: a sign of a run disturbed by other work).
 # Wall time covers the command only; `sync` runs before (with a short pause) and after it, untimed.
 measure() {
     local tool=$1 input=$2 step=$3 bytes=$4 repo=$5
     shift 6
     local base=$LOGS/$tool-$input-$step-$REP
-    local t0 t1 rc=0 rss secs cpu repo_bytes="" load1 steal0 steal1
+    local t0 t1 rc=0 rss secs cpu repo_bytes="" load1 stat0 stat1
     log "$tool $input $step (run $REP): $*"
     sync
-    sleep 2
+    wait_quiet
     load1=$(cut -d' ' -f1 /proc/loadavg)
-    steal0=$(awk '/^cpu / {print $9}' /proc/stat)
+    stat0=$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $9}' /proc/stat)
     t0=$(date +%s.%N)
     set +e
     if [[ -n ${M_PRODUCER:-} ]]; then
@@ -270,24 +304,30 @@ measure() {
     fi
     set -e
     t1=$(date +%s.%N)
-    steal1=$(awk '/^cpu / {print $9}' /proc/stat)
+    stat1=$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $9}' /proc/stat)
     sync
     secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')
     rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$base.time" 2>/dev/null)
     cpu=$(awk -F': ' '/User time|System time/ {s += $2} END {printf "%.2f", s}' "$base.time" 2>/dev/null)
     local hz
     hz=$(getconf CLK_TCK)
-    local steal
-    steal=$(awk -v a="$steal0" -v b="$steal1" -v hz="$hz" 'BEGIN {printf "%.2f", (b - a) / hz}')
+    local steal other
+    steal=$(awk -v a="${stat0#* }" -v b="${stat1#* }" -v hz="$hz" 'BEGIN {printf "%.2f", (b - a) / hz}')
+    other=$(awk -v a="${stat0% *}" -v b="${stat1% *}" -v hz="$hz" -v c="${cpu:-0}" 'BEGIN {o = (b - a) / hz - c; if (o < 0) o = 0; printf "%.2f", o}')
     [[ -n $repo && -d $repo ]] && repo_bytes=$(du -sb "$repo" | cut -f1)
+    # disturbed: other processes used more than a quarter of a core on average during the step
+    if awk -v o="$other" -v s="$secs" 'BEGIN {exit !(o > 0.25 * s)}'; then
+        DISTURBED=1
+        log "  (disturbed: other processes used ${other} CPU seconds during this step)"
+    fi
     local status=ok
     if ((rc != 0)); then
         status="exit $rc"
         record_error "$tool" "$input $step (run $REP)" "$base.log" "$*"
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$input" "$step" "$bytes" "$secs" "${rss:-}" \
-        "$repo_bytes" "$status" "$REP" "$cpu" "$steal" "$load1" >>"$RESULTS/$tool.tsv"
-    log "  -> ${secs}s (cpu ${cpu}s, steal ${steal}s), rss ${rss:-?} KiB, repo ${repo_bytes:-?} B, $status"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$input" "$step" "$bytes" "$secs" "${rss:-}" \
+        "$repo_bytes" "$status" "$REP" "$cpu" "$steal" "$load1" "$other" >>"$RESULTS/$tool.tsv"
+    log "  -> ${secs}s (cpu ${cpu}s, others ${other}s, steal ${steal}s), rss ${rss:-?} KiB, repo ${repo_bytes:-?} B, $status"
     return $rc
 }
 
@@ -419,12 +459,15 @@ init_repo() {
 run_tool() {
     local tool=$1
     load_inputs
+    # a neutral working directory, so no palisade.toml of the caller's is picked up
+    cd "$SCRATCH"
     rm -f "$RESULTS/$tool.tsv" "$RESULTS/$tool.errors.md"
     rm -rf "$SCRATCH"/restore-"$tool"-* "$RESTIC_CACHE_DIR"
     local stage_t0=$SECONDS
 
-    local repo target
-    for ((REP = 1; REP <= BENCH_REPEAT; REP++)); do
+    local repo target clean=0
+    for ((REP = 1; clean < BENCH_REPEAT && REP <= BENCH_MAX_RUNS; REP++)); do
+        DISTURBED=0
         # 1. the linux tree
         repo=$REPOS/$tool-linux target=$SCRATCH/restore-$tool-linux
         init_repo "$tool" "$repo" || true
@@ -454,6 +497,11 @@ run_tool() {
             verify_file "$tool" dump "$target" "$DUMP_NAME" "$INPUTS/day2.sql" || true
         fi
         rm -rf "$target"
+        if ((DISTURBED)); then
+            log "run $REP of $tool was disturbed by other work on the machine; it does not count as a clean run"
+        else
+            clean=$((clean + 1))
+        fi
     done
     REP=1
 
@@ -543,4 +591,4 @@ main() {
     done
 }
 
-main "$@"
+main "$@"; exit $?

@@ -122,13 +122,15 @@ pub fn backup(repo: &Repo, mut request: BackupRequest) -> Result<BackupReport> {
     let indexed = repo.indexed_ids()?;
     let mut summary = data_snap.summary.clone().unwrap_or_default();
     add_summary(&mut summary, catalog_snap.summary.as_ref());
+    let mut merged = SnapshotSummary::default();
     let tree = indexed
         .merge_trees(
             &[data_snap.tree, catalog_snap.tree],
             &|_, _| Ordering::Equal,
-            &mut summary,
+            &mut merged,
         )
         .map_err(|err| Error::repo("joining the snapshot tree", err))?;
+    add_tree_blobs(&mut summary, &merged);
     let mut final_snap = data_snap;
     final_snap.tree = tree;
     final_snap.summary = Some(summary.clone());
@@ -140,7 +142,7 @@ pub fn backup(repo: &Repo, mut request: BackupRequest) -> Result<BackupReport> {
     let snapshot = repo
         .backend
         .last_snapshot()
-        .map(|id| id.to_string())
+        .map(|id| id.to_hex().to_string())
         .unwrap_or_default();
 
     let skipped = catalog.skipped();
@@ -397,17 +399,23 @@ fn build_catalog(
     })
 }
 
+/// Adds the catalog pass's counts to the data pass's.
 fn add_summary(total: &mut SnapshotSummary, other: Option<&SnapshotSummary>) {
     let Some(other) = other else { return };
     total.files_new += other.files_new;
     total.total_files_processed += other.total_files_processed;
     total.total_bytes_processed += other.total_bytes_processed;
+    add_tree_blobs(total, other);
     total.data_blobs += other.data_blobs;
+    total.data_added_files += other.data_added_files;
+    total.data_added_files_packed += other.data_added_files_packed;
+}
+
+/// Adds what a pass wrote; the merge pass writes only trees (its file counts repeat pass 1's).
+fn add_tree_blobs(total: &mut SnapshotSummary, other: &SnapshotSummary) {
     total.tree_blobs += other.tree_blobs;
     total.data_added += other.data_added;
     total.data_added_packed += other.data_added_packed;
-    total.data_added_files += other.data_added_files;
-    total.data_added_files_packed += other.data_added_files_packed;
     total.data_added_trees += other.data_added_trees;
     total.data_added_trees_packed += other.data_added_trees_packed;
 }

@@ -36,7 +36,7 @@ impl Collector {
     }
 
     pub(crate) fn skip(&self, item: usize, path: String, reason: String) {
-        log::warn!("skipped {path}: {reason}");
+        log::debug!("skipped {path}: {reason}");
         self.lock().skipped.push((item, Skipped { path, reason }));
     }
 

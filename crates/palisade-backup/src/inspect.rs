@@ -1,6 +1,6 @@
 //! Repository-wide reports: `check` (structure and data) and `stats` (sizes and deduplication).
 
-use rustic_core::{CheckOptions, ReadSubsetOption, repofile::BlobType, repofile::FileType};
+use rustic_core::{CheckOptions, ReadBackend, ReadSubsetOption, repofile::BlobType, repofile::FileType};
 use serde::Serialize;
 
 use crate::{Error, Repo, Result};
@@ -51,7 +51,7 @@ pub fn check(repo: &Repo, read_data: ReadData) -> Result<CheckReport> {
     };
     for (level, problem) in &results.0 {
         // The level type is not exported by rustic_core; its Debug form names it.
-        let text = problem.to_string();
+        let text = full_ids(&problem.to_string(), &format!("{problem:?}"));
         if format!("{level:?}") == "Warn" {
             report.warnings.push(text);
         } else {
@@ -59,6 +59,22 @@ pub fn check(repo: &Repo, read_data: ReadData) -> Result<CheckReport> {
         }
     }
     Ok(report)
+}
+
+/// rustic_core's messages shorten ids to 8 hex digits; put back the full ids found in the
+/// problem's debug form, so that a damaged pack can be found by its file name.
+fn full_ids(text: &str, debug: &str) -> String {
+    let mut text = text.to_string();
+    let hex = |c: char| c.is_ascii_hexdigit();
+    for token in debug.split(|c: char| !hex(c)).filter(|t| t.len() == 64) {
+        let short = &token[..8];
+        if let Some(at) = text.find(short)
+            && !text[at + 8..].starts_with(hex)
+        {
+            text.replace_range(at..at + 8, token);
+        }
+    }
+    text
 }
 
 /// Repository sizes, as `stats` shows them.
@@ -108,7 +124,15 @@ pub fn stats(repo: &Repo) -> Result<Stats> {
         .filter(|f| f.tpe == FileType::Pack)
         .map(|f| f.size)
         .sum();
-    let stored_total: u64 = files.repo.iter().map(|f| f.size).sum();
+    // rustic_core's file listing leaves out the config file; count it from the backend.
+    let config: u64 = repo
+        .backend
+        .list_with_size(FileType::Config)
+        .map_err(|err| Error::repo("reading the config file", err))?
+        .iter()
+        .map(|(_, size)| u64::from(*size))
+        .sum();
+    let stored_total: u64 = files.repo.iter().map(|f| f.size).sum::<u64>() + config;
     Ok(Stats {
         snapshots: snaps.len() as u64,
         total_restore_size,
@@ -123,4 +147,17 @@ pub fn stats(repo: &Repo) -> Result<Stats> {
             total_restore_size as f64 / stored_total as f64
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn short_ids_are_expanded_from_the_debug_form() {
+        let full = "92cd5c56960f1e6a174f7e8b001cdf4a64ab036023ecf41ec4d51d449ab89f35";
+        let text = super::full_ids(
+            "error checking pack 92cd5c56 : mac failed",
+            &format!("ErrorCheckingPack {{ id: PackId({full}) }}"),
+        );
+        assert_eq!(text, format!("error checking pack {full} : mac failed"));
+    }
 }

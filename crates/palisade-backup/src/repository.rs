@@ -257,6 +257,18 @@ fn backends(location: &Location) -> Result<(RepositoryBackends, Arc<PalisadeBack
     Ok((RepositoryBackends::new(dyn_backend, None), backend))
 }
 
+/// Key metadata as restic records it: who made the key, where and when.
+fn key_options() -> KeyOptions {
+    let mut options = KeyOptions::default().with_created(true);
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        options = options.hostname(host.trim().to_string());
+    }
+    if let Ok(user) = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")) {
+        options = options.username(user);
+    }
+    options
+}
+
 /// Progress bars shared by every handle on one repository.
 #[derive(Debug, Clone)]
 struct SharedBars(Arc<dyn ProgressBars>);
@@ -298,7 +310,7 @@ impl Repo {
             .set_chunk_min_size(bytesize::ByteSize(chunker.min))
             .set_chunk_max_size(bytesize::ByteSize(chunker.max));
         let inner = repository(&backends, &bars)?
-            .init(&password.credentials(), &KeyOptions::default(), &config)
+            .init(&password.credentials(), &key_options(), &config)
             .map_err(|err| Error::repo("creating the repository", err))?;
         Ok(Self {
             inner,
@@ -351,7 +363,7 @@ impl Repo {
 
     /// The repository's id.
     pub fn id(&self) -> String {
-        self.inner.config().id.to_string()
+        self.inner.config().id.to_hex().to_string()
     }
 
     /// Loads the index of blob ids: enough to back up.
@@ -370,7 +382,7 @@ impl Repo {
 
     /// Lists the repository's keys.
     pub fn keys(&self) -> Result<Vec<KeyInfo>> {
-        let current = self.inner.key_id().map(|id| id.to_string());
+        let current = self.inner.key_id().map(|id| id.to_hex().to_string());
         let ids: Vec<rustic_core::repofile::KeyId> = self
             .inner
             .list()
@@ -383,8 +395,8 @@ impl Repo {
                 .get_file(&id)
                 .map_err(|err| Error::repo("reading a key", err))?;
             keys.push(KeyInfo {
-                id: id.to_string(),
-                current: current.as_deref() == Some(&id.to_string()),
+                id: id.to_hex().to_string(),
+                current: current.as_deref() == Some(&id.to_hex().to_string()),
                 username: file.username.unwrap_or_default(),
                 hostname: file.hostname.unwrap_or_default(),
                 created: file.created.map(|t| t.to_string()).unwrap_or_default(),
@@ -398,9 +410,9 @@ impl Repo {
     pub fn add_key(&self, password: &Password) -> Result<String> {
         let id = self
             .inner
-            .add_key(password.as_str(), &KeyOptions::default())
+            .add_key(password.as_str(), &key_options())
             .map_err(|err| Error::repo("adding a key", err))?;
-        Ok(id.to_string())
+        Ok(id.to_hex().to_string())
     }
 
     /// Removes the key whose id starts with `prefix`; never the key in use.
@@ -437,7 +449,11 @@ impl Repo {
                 message: "the repository was not opened with a password".into(),
             })?;
         let new = self.add_key(password)?;
-        self.inner
+        // rustic_core refuses to remove the key a handle was opened with, so the old key is
+        // removed through a handle opened with the new password.
+        repository(&self.backends, &self.bars)?
+            .open(&password.credentials())
+            .map_err(|err| Error::repo("opening the repository with the new key", err))?
             .delete_key(&old)
             .map_err(|err| Error::repo("removing the old key", err))?;
         Ok(new)

@@ -38,7 +38,7 @@ pub struct SnapshotInfo {
 
 impl SnapshotInfo {
     fn from_file(snap: &SnapshotFile) -> Self {
-        let id = snap.id.to_string();
+        let id = snap.id.to_hex().to_string();
         let summary = snap.summary.clone().unwrap_or_default();
         Self {
             short_id: id.chars().take(8).collect(),
@@ -115,7 +115,7 @@ impl OpenSnapshot {
     }
 
     pub(crate) fn id(&self) -> String {
-        self.snap.id.to_string()
+        self.snap.id.to_hex().to_string()
     }
 
     /// The snapshot's catalog, or `None` for a snapshot without one.

@@ -200,14 +200,61 @@ impl ReadSource for DataSource {
 
     fn entries(&self) -> Self::Iter {
         let mut iter: Self::Iter = Box::new(std::iter::empty());
+        let mut folder: Option<&OsStr> = None;
         for part in &self.parts {
+            let path = part.snapshot_path();
+            let top = path.iter().next();
+            if top != folder {
+                folder = top;
+                let top = Path::new(top.unwrap_or_default());
+                iter = Box::new(iter.chain(std::iter::once(Ok(dir_entry(top, None)))));
+            }
             let next: Self::Iter = match part {
                 Part::Ready(file) => Box::new(std::iter::once(Ok(self.ready_entry(file)))),
-                Part::Walk(dir) => Box::new(self.walk_entries(dir)),
+                Part::Walk(dir) => {
+                    let root = std::fs::metadata(&dir.root).ok();
+                    let root = std::iter::once(Ok(dir_entry(&dir.snapshot_path, root)));
+                    Box::new(root.chain(self.walk_entries(dir)))
+                }
             };
             iter = Box::new(iter.chain(next));
         }
         iter
+    }
+}
+
+impl Part {
+    fn snapshot_path(&self) -> &Path {
+        match self {
+            Self::Ready(file) => &file.snapshot_path,
+            Self::Walk(dir) => &dir.snapshot_path,
+        }
+    }
+}
+
+/// A directory node for a folder Palisade lays out, with the source's permissions and mtime
+/// when it mirrors a real directory, else mode 0755 and the current time.
+fn dir_entry(path: &Path, source: Option<std::fs::Metadata>) -> ReadSourceEntry<TrackedOpen> {
+    use std::os::unix::fs::PermissionsExt;
+    let (mode, mtime) = match source {
+        Some(meta) => (
+            meta.permissions().mode() & 0o7777,
+            meta.modified()
+                .ok()
+                .and_then(|t| rustic_core::jiff::Timestamp::try_from(t).ok()),
+        ),
+        None => (0o755, Some(rustic_core::jiff::Timestamp::now())),
+    };
+    let meta = Metadata {
+        mode: Some(mode),
+        mtime,
+        ..Metadata::default()
+    };
+    let name = path.file_name().unwrap_or_default();
+    ReadSourceEntry {
+        path: path.to_path_buf(),
+        node: Node::new_node(name, NodeType::Dir, meta),
+        open: None,
     }
 }
 
@@ -268,7 +315,7 @@ pub(crate) struct CatalogSource {
 
 impl ReadSource for CatalogSource {
     type Open = std::io::Cursor<Vec<u8>>;
-    type Iter = std::iter::Once<RusticResult<ReadSourceEntry<Self::Open>>>;
+    type Iter = Box<dyn Iterator<Item = RusticResult<ReadSourceEntry<Self::Open>>> + Send>;
 
     fn size(&self) -> RusticResult<Option<u64>> {
         Ok(Some(self.bytes.len() as u64))
@@ -284,11 +331,18 @@ impl ReadSource for CatalogSource {
         };
         let name = path.file_name().expect("catalog path has a file name");
         let node = Node::new_node(name, NodeType::File, meta);
-        std::iter::once(Ok(ReadSourceEntry {
+        let folder = dir_entry(path.parent().expect("catalog path has a folder"), None);
+        let folder = ReadSourceEntry {
+            path: folder.path,
+            node: folder.node,
+            open: None,
+        };
+        let file = ReadSourceEntry {
             path,
             node,
             open: Some(std::io::Cursor::new(self.bytes.clone())),
-        }))
+        };
+        Box::new([Ok(folder), Ok(file)].into_iter())
     }
 }
 

@@ -42,31 +42,36 @@ impl SqliteCopy {
     }
 }
 
-/// Fails with a clear error unless `path` is an SQLite 3 database file.
-pub fn ensure_sqlite(path: &Path) -> Result<()> {
-    let mut header = [0u8; 16];
+/// Fails with a clear error unless `path` is an SQLite 3 database file; returns whether the
+/// database is in WAL mode (header bytes 18 and 19 are 2).
+pub fn ensure_sqlite(path: &Path) -> Result<bool> {
+    let mut header = [0u8; 20];
     let mut file = std::fs::File::open(path).map_err(|err| Error::BadSource {
         path: path.into(),
         reason: format!("cannot open the database file: {err}"),
     })?;
     let read = file.read(&mut header).map_err(|err| Error::io(path, err))?;
-    if read < header.len() || &header != SQLITE_MAGIC {
+    if read < header.len() || &header[..16] != SQLITE_MAGIC {
         return Err(Error::NotSqlite {
             path: path.into(),
             reason: "its header is not `SQLite format 3`".into(),
         });
     }
-    Ok(())
+    Ok(header[18] == 2 || header[19] == 2)
 }
 
 /// Copies the database at `path` while it stays in use, into a fresh private temp directory
 /// under `temp_root`.
 ///
-/// The copy runs as one step of the backup API inside one read transaction, so it is a
-/// consistent snapshot even while other connections write (in WAL mode they are not blocked at
-/// all; in rollback-journal mode the copy waits for a writer's lock up to a minute).
+/// Both ways of copying happen inside one read transaction, so the copy is a consistent
+/// snapshot even while other connections write:
+/// - a database in rollback-journal mode is copied byte for byte while the transaction's shared
+///   lock keeps writers from committing (they wait, as they would for any reader);
+/// - a database in WAL mode, whose latest pages may live in the `-wal` file, goes through one
+///   step of SQLite's backup API; writers are not blocked at all. The copy then differs from the
+///   file on disk in its header's change counters, not in content.
 pub fn copy_online(path: &Path, name: &str, temp_root: &Path) -> Result<SqliteCopy> {
-    ensure_sqlite(path)?;
+    let wal = ensure_sqlite(path)?;
     let sqlite_err = |err: rusqlite::Error| Error::Sqlite {
         path: path.into(),
         reason: err.to_string(),
@@ -84,8 +89,7 @@ pub fn copy_online(path: &Path, name: &str, temp_root: &Path) -> Result<SqliteCo
         .tempdir_in(temp_root)
         .map_err(|err| Error::io(temp_root, err))?;
     let file = dir.path().join(name);
-    let mut dest = Connection::open(&file).map_err(sqlite_err)?;
-    run_backup(&source, &mut dest).map_err(|err| match err {
+    let not_a_database = |err: rusqlite::Error| match err {
         rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::NotADatabase => {
             Error::NotSqlite {
                 path: path.into(),
@@ -93,8 +97,13 @@ pub fn copy_online(path: &Path, name: &str, temp_root: &Path) -> Result<SqliteCo
             }
         }
         other => sqlite_err(other),
-    })?;
-    drop(dest);
+    };
+    if wal {
+        let mut dest = Connection::open(&file).map_err(sqlite_err)?;
+        run_backup(&source, &mut dest).map_err(not_a_database)?;
+    } else {
+        copy_locked(&source, path, &file).map_err(not_a_database)?;
+    }
     drop(source);
 
     let tables = row_counts(&file).map_err(sqlite_err)?;
@@ -103,6 +112,21 @@ pub fn copy_online(path: &Path, name: &str, temp_root: &Path) -> Result<SqliteCo
         file,
         tables,
         sqlite_version: rusqlite::version().to_string(),
+    })
+}
+
+/// Copies the file's bytes while a read transaction holds SQLite's shared lock on it.
+fn copy_locked(source: &Connection, path: &Path, dest: &Path) -> rusqlite::Result<()> {
+    source.execute_batch("BEGIN")?;
+    // The first read takes the shared lock, which lasts until the transaction ends.
+    source.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0))?;
+    let copied = std::fs::copy(path, dest);
+    source.execute_batch("COMMIT")?;
+    copied.map(|_| ()).map_err(|err| {
+        rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+            Some(format!("copying the file failed: {err}")),
+        )
     })
 }
 
@@ -196,6 +220,18 @@ mod tests {
         let err = copy_online(&path, "notes.db", dir.path()).unwrap_err();
         assert!(matches!(err, Error::NotSqlite { .. }), "{err}");
         assert!(err.to_string().contains("notes.db"), "{err}");
+    }
+
+    #[test]
+    fn a_rollback_journal_database_is_copied_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shop.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3);")
+            .unwrap();
+        let copy = copy_online(&path, "shop.db", dir.path()).unwrap();
+        assert_eq!(std::fs::read(copy.path()).unwrap(), std::fs::read(&path).unwrap());
+        assert_eq!(copy.tables.get("t"), Some(&3));
     }
 
     #[test]

@@ -189,8 +189,9 @@ impl Session {
         let partial = reports.iter().any(BackupReport::is_partial);
         if self.global.json {
             print_json(&reports)?;
-        } else if !self.global.quiet {
-            for report in reports {
+        }
+        for report in reports {
+            if !self.global.json && !self.global.quiet {
                 println!(
                     "snapshot {} saved: {} item(s), {} file(s), {} read, {} added",
                     &report.snapshot[..report.snapshot.len().min(8)],
@@ -199,10 +200,10 @@ impl Session {
                     ByteSize(report.bytes_read).display().iec(),
                     ByteSize(report.bytes_added).display().iec(),
                 );
-                for item in &report.catalog.items {
-                    for skip in &item.skipped {
-                        eprintln!("palisade: skipped {}/{}: {}", item.path, skip.path, skip.reason);
-                    }
+            }
+            for item in &report.catalog.items {
+                for skip in &item.skipped {
+                    eprintln!("palisade: skipped {}/{}: {}", item.path, skip.path, skip.reason);
                 }
             }
         }
@@ -217,14 +218,14 @@ impl Session {
         let snaps = palisade_backup::snapshots(&self.open()?)?;
         self.print(&snaps, |snaps| {
             let mut out = format!(
-                "{:<8}  {:<25}  {:<12}  {:<10}  {:>10}  paths\n",
+                "{:<8}  {:<19}  {:<12}  {:<10}  {:>10}  paths\n",
                 "id", "time", "host", "job", "size"
             );
             for s in snaps {
                 out.push_str(&format!(
-                    "{:<8}  {:<25}  {:<12}  {:<10}  {:>10}  {}\n",
+                    "{:<8}  {:<19}  {:<12}  {:<10}  {:>10}  {}\n",
                     s.short_id,
-                    s.time,
+                    s.time.get(..19).unwrap_or(&s.time).replace('T', " "),
                     s.hostname,
                     s.label,
                     ByteSize(s.bytes).display().iec().to_string(),

@@ -46,12 +46,13 @@ fn render(err: &anyhow::Error) -> String {
     text
 }
 
-/// Warnings by default (rustic_core's own at error only, since Palisade reports skipped files
-/// itself); `-v` shows info, `-vv` debug, `-q` errors only.
+/// Warnings by default, with rustic_core's own log off: Palisade reports what it skipped and
+/// what `check` found itself. `-v` shows info and rustic_core's warnings, `-vv` debug, `-q`
+/// errors only.
 fn init_logging(global: &cli::Global) {
     let (ours, engine) = match (global.quiet, global.verbose) {
-        (true, _) => (log::LevelFilter::Error, log::LevelFilter::Error),
-        (false, 0) => (log::LevelFilter::Warn, log::LevelFilter::Error),
+        (true, _) => (log::LevelFilter::Error, log::LevelFilter::Off),
+        (false, 0) => (log::LevelFilter::Warn, log::LevelFilter::Off),
         (false, 1) => (log::LevelFilter::Info, log::LevelFilter::Warn),
         (false, _) => (log::LevelFilter::Debug, log::LevelFilter::Debug),
     };

@@ -1,0 +1,144 @@
+//! Bad input and faults: clear errors, nothing lost, nothing half-written left visible.
+
+use std::{process::Stdio, time::Duration};
+
+use crate::common::*;
+
+#[test]
+fn a_wrong_password_is_named_and_nothing_is_written() {
+    let env = Env::init();
+    let before = env.repo_files();
+    let wrong = env.path("wrong");
+    std::fs::write(&wrong, "not the password\n").unwrap();
+    let out = env
+        .palisade_with_key(&wrong)
+        .args(["backup", "--sqlite"])
+        .arg(chinook())
+        .output()
+        .unwrap();
+    assert_status(&out, 1, "backup with a wrong password");
+    assert!(stderr(&out).contains("wrong password or key file"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("not the password"), "the password leaked");
+    assert_eq!(env.repo_files(), before);
+}
+
+#[test]
+fn a_missing_repository_says_how_to_create_one() {
+    let env = Env::new();
+    let out = env.expect(&["snapshots"], 1);
+    assert!(stderr(&out).contains("no repository at"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("palisade init"), "{}", stderr(&out));
+
+    // A directory that exists but holds no repository says the same.
+    std::fs::create_dir_all(&env.repo).unwrap();
+    let out = env.expect(&["snapshots"], 1);
+    assert!(stderr(&out).contains("palisade init"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_non_sqlite_file_is_named() {
+    let env = Env::init();
+    let fake = env.path("notes.db");
+    std::fs::write(&fake, "these are notes, not a database, however long they are").unwrap();
+    let out = env.expect(&["backup", "--sqlite", fake.to_str().unwrap()], 1);
+    assert!(stderr(&out).contains("notes.db"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not an SQLite database"), "{}", stderr(&out));
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn init_twice_is_refused() {
+    let env = Env::init();
+    let out = env.expect(&["init"], 1);
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+}
+
+/// Pack files of the repository.
+fn packs(env: &Env) -> Vec<std::path::PathBuf> {
+    walk(&env.repo.join("data")).into_iter().filter(|p| p.is_file()).collect()
+}
+
+#[test]
+fn a_corrupted_pack_is_named_by_check_and_fails_only_the_items_that_need_it() {
+    let env = Env::init();
+    let site = env.path("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("page.html"), "<p>kept safe in the first pack</p>\n".repeat(500)).unwrap();
+    env.backup(&["--dir", site.to_str().unwrap()]);
+    let old = packs(&env);
+
+    // The second snapshot's database lands in a new pack; the site deduplicates into the old one.
+    let report = env.backup(&["--dir", site.to_str().unwrap(), "--sqlite", chinook().to_str().unwrap()]);
+    let new: Vec<_> = packs(&env).into_iter().filter(|p| !old.contains(p)).collect();
+    let data_pack = new.iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let mut bytes = std::fs::read(data_pack).unwrap();
+    for b in &mut bytes[1000..1100] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(data_pack, bytes).unwrap();
+    let pack_id = data_pack.file_name().unwrap().to_str().unwrap().to_string();
+
+    let out = env.expect(&["check", "--read-data"], 1);
+    assert!(stderr(&out).contains(&pack_id), "check did not name {pack_id}:\n{}", stderr(&out));
+
+    let target = env.path("out");
+    let out = env.expect(&["restore", &snapshot_id(&report), "--target", target.to_str().unwrap()], 1);
+    assert!(stderr(&out).contains("databases/Chinook_Sqlite.sqlite"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(target.join("files/site/page.html")).unwrap(),
+        std::fs::read(site.join("page.html")).unwrap(),
+        "the undamaged item must still restore"
+    );
+}
+
+#[test]
+fn a_backup_killed_mid_run_leaves_no_snapshot_and_a_clean_repository() {
+    let env = Env::init();
+    let big = env.path("big");
+    std::fs::create_dir_all(&big).unwrap();
+    let mut state = 0x9e3779b97f4a7c15u64;
+    for n in 0..12 {
+        let bytes: Vec<u8> = (0..16 << 20)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        std::fs::write(big.join(format!("blob-{n}")), bytes).unwrap();
+    }
+
+    let mut child = env
+        .palisade()
+        .args(["backup", "--dir", big.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it as soon as it has written pack data, well before it can finish.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while packs(&env).is_empty() {
+        assert!(child.try_wait().unwrap().is_none(), "the backup finished before it could be killed");
+        assert!(std::time::Instant::now() < deadline, "no pack was ever written");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 0);
+    env.ok(&["check"]);
+    env.restic(&["check"]);
+
+    let report = env.backup(&["--dir", big.to_str().unwrap()]);
+    let target = env.restore(&snapshot_id(&report), "out");
+    assert_same_tree(&big, &target.join("files/big"));
+    env.ok(&["check", "--read-data"]);
+}
+
+#[test]
+fn a_password_on_the_command_line_is_not_accepted() {
+    let env = Env::init();
+    let out = env.expect(&["snapshots", "--password", "hunter2"], 2);
+    assert!(stderr(&out).contains("--password"), "{}", stderr(&out));
+}

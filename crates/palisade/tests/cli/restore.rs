@@ -1,0 +1,61 @@
+//! Restore rules: no silent overwrite, overwrite truncates, repeatable, per item.
+
+use crate::common::*;
+
+fn env_with_site() -> (Env, String) {
+    let env = Env::init();
+    let site = env.path("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("index.html"), "short").unwrap();
+    std::fs::write(site.join("other.txt"), "other").unwrap();
+    let report = env.backup(&["--dir", site.to_str().unwrap(), "--sqlite", chinook().to_str().unwrap()]);
+    (env, snapshot_id(&report))
+}
+
+#[test]
+fn restoring_twice_into_the_same_place_works() {
+    let (env, id) = env_with_site();
+    let target = env.restore(&id, "out");
+    env.restore(&id, "out");
+    assert_eq!(std::fs::read(target.join("files/site/index.html")).unwrap(), b"short");
+}
+
+#[test]
+fn a_changed_file_is_not_overwritten_without_the_flag() {
+    let (env, id) = env_with_site();
+    let target = env.restore(&id, "out");
+    let page = target.join("files/site/index.html");
+    std::fs::write(&page, "a much longer local edit that must survive").unwrap();
+
+    let out = env.expect(&["restore", &id, "--target", target.to_str().unwrap()], 1);
+    assert!(stderr(&out).contains("--overwrite"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("index.html"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(&page).unwrap(),
+        b"a much longer local edit that must survive"
+    );
+
+    env.ok(&["restore", &id, "--target", target.to_str().unwrap(), "--overwrite"]);
+    assert_eq!(std::fs::read(&page).unwrap(), b"short", "overwrite must truncate");
+}
+
+#[test]
+fn include_restores_only_the_named_item() {
+    let (env, id) = env_with_site();
+    let target = env.path("only-db");
+    env.ok(&["restore", &id, "--target", target.to_str().unwrap(), "--include", "Chinook_Sqlite.sqlite"]);
+    assert!(target.join("databases/Chinook_Sqlite.sqlite").is_file());
+    assert!(!target.join("files").exists());
+
+    let out = env.expect(&["restore", &id, "--target", target.to_str().unwrap(), "--include", "nothing-here"], 1);
+    assert!(stderr(&out).contains("nothing-here"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_file_as_target_is_refused() {
+    let (env, id) = env_with_site();
+    let file = env.path("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let out = env.expect(&["restore", &id, "--target", file.to_str().unwrap()], 1);
+    assert!(stderr(&out).contains("not a directory"), "{}", stderr(&out));
+}
