@@ -195,7 +195,12 @@ fn ordered(sources: &[SourceSpec]) -> Result<Vec<(SourceSpec, String)>> {
             });
         }
     }
-    if named.iter().filter(|(s, _)| s.kind() == ItemKind::Stream).count() > 1 {
+    if named
+        .iter()
+        .filter(|(s, _)| s.kind() == ItemKind::Stream)
+        .count()
+        > 1
+    {
         return Err(Error::BadSource {
             path: PathBuf::from("stdin"),
             reason: "only one stream can be read from standard input per backup".into(),
@@ -252,7 +257,7 @@ fn prepare(
         }
         SourceSpec::Directory { path, exclude, .. } => {
             let root = directory_root(path)?;
-            Part::Walk(WalkedDir::new(index, name, root, exclude)?)
+            Part::Walk(Box::new(WalkedDir::new(index, name, root, exclude)?))
         }
     };
     Ok((item, part))

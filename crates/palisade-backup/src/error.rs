@@ -26,7 +26,9 @@ pub enum Error {
     AlreadyInitialised { repo: String },
 
     /// The file given as an SQLite source is not an SQLite database.
-    #[error("{path} is not an SQLite database ({reason}); pass the database file itself to --sqlite")]
+    #[error(
+        "{path} is not an SQLite database ({reason}); pass the database file itself to --sqlite"
+    )]
     NotSqlite { path: PathBuf, reason: String },
 
     /// An SQLite database could not be copied or inspected.

@@ -54,7 +54,9 @@ impl Collector {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
         // A poisoned lock only means a reader thread panicked; the records stay usable.
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -110,7 +112,8 @@ impl<R: Read> Read for HashingReader<R> {
             Err(err) => {
                 self.done = true;
                 let path = self.relative.to_string_lossy().into_owned();
-                self.collector.skip(self.item, path, format!("read failed: {err}"));
+                self.collector
+                    .skip(self.item, path, format!("read failed: {err}"));
                 Err(err)
             }
         }

@@ -1,6 +1,8 @@
 //! Repository-wide reports: `check` (structure and data) and `stats` (sizes and deduplication).
 
-use rustic_core::{CheckOptions, ReadBackend, ReadSubsetOption, repofile::BlobType, repofile::FileType};
+use rustic_core::{
+    CheckOptions, ReadBackend, ReadSubsetOption, repofile::BlobType, repofile::FileType,
+};
 use serde::Serialize;
 
 use crate::{Error, Repo, Result};

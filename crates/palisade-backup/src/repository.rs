@@ -11,9 +11,9 @@ use std::{
 
 use rustic_backend::LocalBackend;
 use rustic_core::{
-    BytesList, ConfigOptions, Credentials, FileType, Id, IndexedIdsStatus, KeyOptions,
-    OpenStatus, Progress, ProgressBars, ProgressType, ReadBackend, Repository, RepositoryBackends, RepositoryOptions, RusticResult,
-    WriteBackend, repofile::KeyFile,
+    BytesList, ConfigOptions, Credentials, FileType, Id, IndexedIdsStatus, KeyOptions, OpenStatus,
+    Progress, ProgressBars, ProgressType, ReadBackend, Repository, RepositoryBackends,
+    RepositoryOptions, RusticResult, WriteBackend, repofile::KeyFile,
 };
 use serde::Serialize;
 
@@ -136,7 +136,10 @@ impl PalisadeBackend {
 
     /// The id of the last snapshot file written through this backend.
     pub(crate) fn last_snapshot(&self) -> Option<Id> {
-        *self.last_snapshot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self
+            .last_snapshot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// While `hold` is true, snapshot files are not written (their content is discarded).
@@ -199,8 +202,10 @@ impl WriteBackend for PalisadeBackend {
                 return Ok(());
             }
             self.inner.write_bytes(tpe, id, cacheable, content)?;
-            *self.last_snapshot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                Some(*id);
+            *self
+                .last_snapshot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(*id);
             return Ok(());
         }
         self.inner.write_bytes(tpe, id, cacheable, content)
@@ -223,7 +228,9 @@ pub struct Repo {
 
 impl fmt::Debug for Repo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Repo").field("location", &self.location).finish()
+        f.debug_struct("Repo")
+            .field("location", &self.location)
+            .finish()
     }
 }
 
@@ -324,7 +331,11 @@ impl Repo {
 
     /// Opens the repository at `location` with `password`; `bars` shows progress (pass
     /// `Arc::new(rustic_core::NoProgressBars)` for none).
-    pub fn open(location: Location, password: Password, bars: Arc<dyn ProgressBars>) -> Result<Self> {
+    pub fn open(
+        location: Location,
+        password: Password,
+        bars: Arc<dyn ProgressBars>,
+    ) -> Result<Self> {
         let bars = SharedBars(bars);
         let (backends, backend) = backends(&location)?;
         let repo = repository(&backends, &bars)?;
@@ -396,7 +407,7 @@ impl Repo {
                 .map_err(|err| Error::repo("reading a key", err))?;
             keys.push(KeyInfo {
                 id: id.to_hex().to_string(),
-                current: current.as_deref() == Some(&id.to_hex().to_string()),
+                current: current.as_deref() == Some(&*id.to_hex()),
                 username: file.username.unwrap_or_default(),
                 hostname: file.hostname.unwrap_or_default(),
                 created: file.created.map(|t| t.to_string()).unwrap_or_default(),
@@ -430,7 +441,6 @@ impl Repo {
             .inner
             .find_ids::<rustic_core::repofile::KeyId, _>(&[key.id.as_str()])
             .map_err(|err| Error::repo("finding the key", err))?
-            .into_iter()
             .next()
             .ok_or_else(|| Error::NoSuchKey { id: prefix.into() })?;
         self.inner
@@ -441,13 +451,10 @@ impl Repo {
 
     /// Replaces the key in use by one for `password`; returns the new key's id.
     pub fn change_password(&self, password: &Password) -> Result<String> {
-        let old = self
-            .inner
-            .key_id()
-            .ok_or_else(|| Error::Repository {
-                context: "changing the password".into(),
-                message: "the repository was not opened with a password".into(),
-            })?;
+        let old = self.inner.key_id().ok_or_else(|| Error::Repository {
+            context: "changing the password".into(),
+            message: "the repository was not opened with a password".into(),
+        })?;
         let new = self.add_key(password)?;
         // rustic_core refuses to remove the key a handle was opened with, so the old key is
         // removed through a handle opened with the new password.

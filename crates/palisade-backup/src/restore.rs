@@ -172,9 +172,11 @@ fn groups<'a>(
                 item: Some(item),
             });
         } else {
-            groups.extend(include_paths(open, std::slice::from_ref(name))?.into_iter().map(
-                |path| Group { path, item: None },
-            ));
+            groups.extend(
+                include_paths(open, std::slice::from_ref(name))?
+                    .into_iter()
+                    .map(|path| Group { path, item: None }),
+            );
         }
     }
     Ok(groups)
@@ -189,7 +191,11 @@ fn include_paths(open: &OpenSnapshot, include: &[String]) -> Result<Vec<String>>
         .iter()
         .map(|name| {
             let wanted = name.trim_matches('/');
-            if open.entries.iter().any(|(path, _)| path == Path::new(wanted)) {
+            if open
+                .entries
+                .iter()
+                .any(|(path, _)| path == Path::new(wanted))
+            {
                 Ok(wanted.to_string())
             } else {
                 Err(Error::NoSuchItem {
@@ -303,7 +309,12 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
         .cloned()
         .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
         .unwrap_or_else(|| "unknown failure".into());
-    text.lines().next().unwrap_or_default().chars().take(300).collect()
+    text.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect()
 }
 
 /// Checks restored bytes against the catalog; `Ok(None)` when there is nothing to check against.
@@ -352,8 +363,7 @@ pub(crate) fn manifest_digest(
 
 /// Size and hex SHA-256 of a file.
 pub(crate) fn hash_file(path: &Path) -> Result<(u64, String), String> {
-    let mut file =
-        std::fs::File::open(path).map_err(|err| format!("{}: {err}", path.display()))?;
+    let mut file = std::fs::File::open(path).map_err(|err| format!("{}: {err}", path.display()))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;

@@ -65,10 +65,7 @@ pub fn snapshots(repo: &Repo) -> Result<Vec<SnapshotInfo>> {
 }
 
 /// Finds one snapshot by id prefix or `latest`.
-pub(crate) fn find<S: rustic_core::Open>(
-    repo: &Repository<S>,
-    id: &str,
-) -> Result<SnapshotFile> {
+pub(crate) fn find<S: rustic_core::Open>(repo: &Repository<S>, id: &str) -> Result<SnapshotFile> {
     repo.get_snapshot_from_str(id, |_| true)
         .map_err(|_| Error::NoSuchSnapshot { id: id.into() })
 }
@@ -127,8 +124,8 @@ impl OpenSnapshot {
         else {
             return Ok(None);
         };
-        let bytes = read_node(&self.repo, node)
-            .map_err(|err| Error::repo("reading the catalog", err))?;
+        let bytes =
+            read_node(&self.repo, node).map_err(|err| Error::repo("reading the catalog", err))?;
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|err| Error::BadCatalog {

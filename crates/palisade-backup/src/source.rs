@@ -137,7 +137,7 @@ impl WalkedDir {
 /// One part of the snapshot tree, in the order it is archived.
 pub(crate) enum Part {
     Ready(ReadyFile),
-    Walk(WalkedDir),
+    Walk(Box<WalkedDir>),
 }
 
 /// How the archiver opens an entry: through a hashing reader that reports to the collector.
@@ -286,7 +286,11 @@ impl DataSource {
         let target = dir.snapshot_path.clone();
         dir.source.entries().map(move |entry| {
             let entry = entry.inspect_err(|err| {
-                collector.skip(item, String::new(), format!("walk failed: {}", err.display_log()));
+                collector.skip(
+                    item,
+                    String::new(),
+                    format!("walk failed: {}", err.display_log()),
+                );
             })?;
             let relative = entry
                 .path

@@ -119,7 +119,9 @@ pub fn copy_online(path: &Path, name: &str, temp_root: &Path) -> Result<SqliteCo
 fn copy_locked(source: &Connection, path: &Path, dest: &Path) -> rusqlite::Result<()> {
     source.execute_batch("BEGIN")?;
     // The first read takes the shared lock, which lasts until the transaction ends.
-    source.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0))?;
+    source.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+        r.get::<_, i64>(0)
+    })?;
     let copied = std::fs::copy(path, dest);
     source.execute_batch("COMMIT")?;
     copied.map(|_| ()).map_err(|err| {
@@ -163,7 +165,9 @@ pub fn row_counts(path: &Path) -> rusqlite::Result<BTreeMap<String, u64>> {
     for name in names {
         let quoted = name.replace('"', "\"\"");
         let count: i64 =
-            conn.query_row(&format!("SELECT count(*) FROM \"{quoted}\""), [], |r| r.get(0))?;
+            conn.query_row(&format!("SELECT count(*) FROM \"{quoted}\""), [], |r| {
+                r.get(0)
+            })?;
         counts.insert(name, u64::try_from(count).unwrap_or_default());
     }
     Ok(counts)
@@ -199,7 +203,10 @@ pub fn integrity(path: &Path) -> rusqlite::Result<IntegrityReport> {
             let table: String = row.get(0)?;
             let rowid: Option<i64> = row.get(1)?;
             let parent: String = row.get(2)?;
-            Ok(format!("{table}({}) -> {parent}", rowid.unwrap_or_default()))
+            Ok(format!(
+                "{table}({}) -> {parent}",
+                rowid.unwrap_or_default()
+            ))
         })?
         .collect::<rusqlite::Result<_>>()?;
     Ok(IntegrityReport {
@@ -230,7 +237,10 @@ mod tests {
         conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3);")
             .unwrap();
         let copy = copy_online(&path, "shop.db", dir.path()).unwrap();
-        assert_eq!(std::fs::read(copy.path()).unwrap(), std::fs::read(&path).unwrap());
+        assert_eq!(
+            std::fs::read(copy.path()).unwrap(),
+            std::fs::read(&path).unwrap()
+        );
         assert_eq!(copy.tables.get("t"), Some(&3));
     }
 

@@ -1,12 +1,8 @@
-//! Restore safety: hand-crafted malicious snapshots must never make `restore` write outside its target.
-//!
-//! Each test makes its own repository with Palisade, writes snapshots into it with rustic_core
-//! directly (through a `ReadSource` that puts any node name into any tree), and restores them
-//! with [`palisade_backup::restore`] into a target next to a directory that must stay untouched.
-//!
-//! The tests return `Result` and check with [`ensure!`] instead of `assert!`: the restore code
-//! swaps the process-wide panic hook while it runs, so a failing assertion in a test running
-//! at the same time could otherwise lose its message.
+//! Restore safety: no crafted snapshot makes `restore` write outside its target directory.
+
+// Each test makes its own repository with Palisade, writes snapshots into it with rustic_core
+// directly (through a `ReadSource` that puts any node name into any tree), and restores them
+// with `palisade_backup::restore` into a target next to directories that must stay untouched.
 
 use std::{
     ffi::OsString,
@@ -33,6 +29,10 @@ use tempfile::TempDir;
 const PASSWORD: &str = "pw";
 
 /// A test failure: the message of a failed check or the error that stopped the test.
+///
+/// The tests return `Result` and check with `ensure!` instead of `assert!`: `restore` swaps the
+/// process-wide panic hook for a silent one while it runs, so the message of an assertion
+/// failing in a test running at the same time could be lost.
 struct Fail(String);
 
 impl fmt::Debug for Fail {
@@ -385,9 +385,9 @@ fn naive_restore(harness: &Harness, id: &str) -> TestResult {
 /// The snapshot of case 1: a file node named `../escaped` in the root tree.
 fn dot_dot_snapshot(harness: &Harness) -> TestResult<String> {
     harness.craft(vec![
+        named("evil", "../escaped", Kind::File(b"escaped\n")),
         plain("x", Kind::Dir),
         plain("x/fine", Kind::File(b"fine\n")),
-        named("evil", "../escaped", Kind::File(b"escaped\n")),
     ])
 }
 

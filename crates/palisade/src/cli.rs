@@ -8,8 +8,10 @@ use clap::{Args, Parser, Subcommand};
 /// repository format.
 #[derive(Debug, Parser)]
 #[command(name = "palisade", version, propagate_version = true)]
-#[command(after_help = "Exit codes: 0 success, 1 failure, 2 bad usage, 3 partial (some files \
-                        could not be read and were left out).")]
+#[command(
+    after_help = "Exit codes: 0 success, 1 failure, 2 bad usage, 3 partial (some files \
+                        could not be read and were left out)."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -31,7 +33,12 @@ pub struct Global {
     pub password_file: Option<PathBuf>,
 
     /// Config file; read when it exists.
-    #[arg(long, global = true, default_value = "palisade.toml", env = "PALISADE_CONFIG")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "palisade.toml",
+        env = "PALISADE_CONFIG"
+    )]
     pub config: PathBuf,
 
     /// Print machine-readable JSON on standard output.
@@ -179,6 +186,8 @@ fn parse_percent(text: &str) -> Result<f64, String> {
     if value > 0.0 && value <= 100.0 {
         Ok(value)
     } else {
-        Err(format!("{value} is out of range; give a percentage above 0 and at most 100"))
+        Err(format!(
+            "{value} is out of range; give a percentage above 0 and at most 100"
+        ))
     }
 }

@@ -94,7 +94,11 @@ impl Session {
     }
 
     fn open(&self) -> Result<Repo> {
-        Ok(Repo::open(self.location(None)?, self.password(None)?, self.bars.clone())?)
+        Ok(Repo::open(
+            self.location(None)?,
+            self.password(None)?,
+            self.bars.clone(),
+        )?)
     }
 
     fn init(&self, args: &InitArgs) -> Result<Outcome> {
@@ -105,7 +109,12 @@ impl Session {
             max: args.chunk_max_size.unwrap_or(defaults.max),
         };
         let location = self.location(None)?;
-        let repo = Repo::init(location.clone(), self.password(None)?, chunker, self.bars.clone())?;
+        let repo = Repo::init(
+            location.clone(),
+            self.password(None)?,
+            chunker,
+            self.bars.clone(),
+        )?;
         #[derive(Serialize)]
         struct Created {
             id: String,
@@ -126,7 +135,8 @@ impl Session {
             let repo = self.open()?;
             let stream: Option<Box<dyn std::io::Read + Send>> =
                 args.stdin.then(|| Box::new(std::io::stdin()) as Box<_>);
-            let report = palisade_backup::backup(&repo, self.request(ad_hoc, stream, None, &args.tag))?;
+            let report =
+                palisade_backup::backup(&repo, self.request(ad_hoc, stream, None, &args.tag))?;
             return self.report_backups(&[report]);
         }
         let jobs: Vec<_> = match &args.job {
@@ -164,7 +174,12 @@ impl Session {
         }
         let outcome = self.report_backups(&reports)?;
         if !failures.is_empty() {
-            bail!("{} of {} job(s) failed: {}", failures.len(), jobs.len(), failures.join(", "));
+            bail!(
+                "{} of {} job(s) failed: {}",
+                failures.len(),
+                jobs.len(),
+                failures.join(", ")
+            );
         }
         Ok(outcome)
     }
@@ -181,7 +196,11 @@ impl Session {
             stream,
             job,
             tags: tags.to_vec(),
-            temp_dir: self.config.temp_dir.clone().unwrap_or_else(std::env::temp_dir),
+            temp_dir: self
+                .config
+                .temp_dir
+                .clone()
+                .unwrap_or_else(std::env::temp_dir),
         }
     }
 
@@ -203,7 +222,10 @@ impl Session {
             }
             for item in &report.catalog.items {
                 for skip in &item.skipped {
-                    eprintln!("palisade: skipped {}/{}: {}", item.path, skip.path, skip.reason);
+                    eprintln!(
+                        "palisade: skipped {}/{}: {}",
+                        item.path, skip.path, skip.reason
+                    );
                 }
             }
         }
@@ -319,7 +341,10 @@ impl Session {
             }
         }
         if !report.is_ok() {
-            bail!("check found {} error(s) in the repository", report.errors.len());
+            bail!(
+                "check found {} error(s) in the repository",
+                report.errors.len()
+            );
         }
         Ok(Outcome::Done)
     }
@@ -376,7 +401,10 @@ impl Session {
             KeyCommand::Passwd(new) => {
                 let id = repo.change_password(&new_password(&new)?)?;
                 self.print(&KeyId { id }, |k| {
-                    format!("password changed; the repository now opens with key {}", k.id)
+                    format!(
+                        "password changed; the repository now opens with key {}",
+                        k.id
+                    )
                 })
             }
         }
@@ -397,7 +425,10 @@ fn ad_hoc_sources(args: &BackupArgs) -> Vec<SourceSpec> {
     let mut specs: Vec<SourceSpec> = args
         .sqlite
         .iter()
-        .map(|path| SourceSpec::Sqlite { path: path.clone(), name: None })
+        .map(|path| SourceSpec::Sqlite {
+            path: path.clone(),
+            name: None,
+        })
         .collect();
     specs.extend(args.dir.iter().map(|path| SourceSpec::Directory {
         path: path.clone(),
@@ -411,7 +442,8 @@ fn ad_hoc_sources(args: &BackupArgs) -> Vec<SourceSpec> {
 }
 
 fn read_password_file(path: &std::path::Path) -> Result<Password> {
-    Password::from_file(path).with_context(|| format!("cannot read the password file {}", path.display()))
+    Password::from_file(path)
+        .with_context(|| format!("cannot read the password file {}", path.display()))
 }
 
 fn new_password(args: &NewPassword) -> Result<Password> {
@@ -420,7 +452,9 @@ fn new_password(args: &NewPassword) -> Result<Password> {
     }
     match std::env::var("PALISADE_NEW_PASSWORD") {
         Ok(text) => Ok(Password::new(text)),
-        Err(_) => bail!("no new password given: pass --new-password-file FILE or set PALISADE_NEW_PASSWORD"),
+        Err(_) => bail!(
+            "no new password given: pass --new-password-file FILE or set PALISADE_NEW_PASSWORD"
+        ),
     }
 }
 

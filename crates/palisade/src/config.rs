@@ -104,17 +104,33 @@ impl Config {
         let mut names = std::collections::HashSet::new();
         for job in &self.jobs {
             if !names.insert(job.name.as_str()) {
-                bail!("config {}: two jobs are named `{}`; job names must be unique", path.display(), job.name);
+                bail!(
+                    "config {}: two jobs are named `{}`; job names must be unique",
+                    path.display(),
+                    job.name
+                );
             }
             if job.sources.is_empty() {
-                bail!("config {}: job `{}` has no sources; add `sources = [{{ sqlite = \"app.db\" }}]` or similar", path.display(), job.name);
+                bail!(
+                    "config {}: job `{}` has no sources; add `sources = [{{ sqlite = \"app.db\" }}]` or similar",
+                    path.display(),
+                    job.name
+                );
             }
             for source in &job.sources {
                 if source.sqlite.is_some() == source.dir.is_some() {
-                    bail!("config {}: each source of job `{}` needs exactly one of `sqlite` or `dir`", path.display(), job.name);
+                    bail!(
+                        "config {}: each source of job `{}` needs exactly one of `sqlite` or `dir`",
+                        path.display(),
+                        job.name
+                    );
                 }
                 if source.sqlite.is_some() && !source.exclude.is_empty() {
-                    bail!("config {}: `exclude` only applies to `dir` sources (job `{}`)", path.display(), job.name);
+                    bail!(
+                        "config {}: `exclude` only applies to `dir` sources (job `{}`)",
+                        path.display(),
+                        job.name
+                    );
                 }
             }
         }
@@ -125,7 +141,14 @@ impl Config {
     pub fn job(&self, name: &str) -> Result<&Job> {
         self.jobs.iter().find(|j| j.name == name).with_context(|| {
             let known: Vec<_> = self.jobs.iter().map(|j| j.name.as_str()).collect();
-            format!("no job named `{name}` in the config; jobs: {}", if known.is_empty() { "none".into() } else { known.join(", ") })
+            format!(
+                "no job named `{name}` in the config; jobs: {}",
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
+            )
         })
     }
 }
@@ -136,7 +159,10 @@ impl Job {
         self.sources
             .iter()
             .map(|s| match (&s.sqlite, &s.dir) {
-                (Some(path), _) => SourceSpec::Sqlite { path: path.clone(), name: s.name.clone() },
+                (Some(path), _) => SourceSpec::Sqlite {
+                    path: path.clone(),
+                    name: s.name.clone(),
+                },
                 (None, dir) => SourceSpec::Directory {
                     path: dir.clone().unwrap_or_default(),
                     name: s.name.clone(),
@@ -177,12 +203,15 @@ mod tests {
         assert!(Path::new(config.repository.as_deref().unwrap()).is_absolute());
         let specs = config.job("app").unwrap().specs();
         assert!(matches!(&specs[0], SourceSpec::Sqlite { path, .. } if path.is_absolute()));
-        assert!(matches!(&specs[1], SourceSpec::Directory { exclude, .. } if exclude == &["*.tmp"]));
+        assert!(
+            matches!(&specs[1], SourceSpec::Directory { exclude, .. } if exclude == &["*.tmp"])
+        );
     }
 
     #[test]
     fn mistakes_are_named() {
-        let err = parse("[[jobs]]\nname = \"a\"\nsources = [{ sqlite = \"x\", dir = \"y\" }]\n").unwrap_err();
+        let err = parse("[[jobs]]\nname = \"a\"\nsources = [{ sqlite = \"x\", dir = \"y\" }]\n")
+            .unwrap_err();
         assert!(format!("{err:#}").contains("exactly one of"), "{err:#}");
         let err = parse("repositroy = \"x\"\n").unwrap_err();
         assert!(format!("{err:#}").contains("repositroy"), "{err:#}");

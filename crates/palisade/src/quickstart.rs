@@ -50,14 +50,27 @@ pub fn run(dir: &Path, global: &Global) -> Result<Outcome> {
     }
     let config = Config::load(&config_path, true)?;
     let job = config.job("app")?.clone();
-    let location = Location::parse(config.repository.as_deref().context("config has no repository")?)?;
-    let key = config.password_file.clone().context("config has no password_file")?;
+    let location = Location::parse(
+        config
+            .repository
+            .as_deref()
+            .context("config has no repository")?,
+    )?;
+    let key = config
+        .password_file
+        .clone()
+        .context("config has no password_file")?;
     let bars = progress::bars(global.quiet, global.json);
 
     let repo = if dir.join("repo/config").exists() {
         Repo::open(location, Password::from_file(&key)?, bars)?
     } else {
-        let repo = Repo::init(location, Password::from_file(&key)?, ChunkerOptions::default(), bars)?;
+        let repo = Repo::init(
+            location,
+            Password::from_file(&key)?,
+            ChunkerOptions::default(),
+            bars,
+        )?;
         say(format!("created repository {} in repo/", &repo.id()[..8]));
         repo
     };
@@ -100,9 +113,11 @@ pub fn run(dir: &Path, global: &Global) -> Result<Outcome> {
     ));
 
     verify_against_live(&dir, &scratch, &report)?;
-    say("verified: the database passes integrity_check with the same row counts, and every \
+    say(
+        "verified: the database passes integrity_check with the same row counts, and every \
          upload is byte-identical to the original"
-        .into());
+            .into(),
+    );
 
     if global.json {
         crate::commands::print_json(&report)?;
@@ -116,15 +131,26 @@ pub fn run(dir: &Path, global: &Global) -> Result<Outcome> {
          restic -r repo --password-file palisade.key snapshots   the same repository, read by restic",
         dir.display()
     ));
-    Ok(if report.is_partial() { Outcome::Partial } else { Outcome::Done })
+    Ok(if report.is_partial() {
+        Outcome::Partial
+    } else {
+        Outcome::Done
+    })
 }
 
 /// Compares the restored copy with the live demo: row counts and integrity of the database, and
 /// the bytes of every upload.
-fn verify_against_live(dir: &Path, scratch: &Path, report: &palisade_backup::BackupReport) -> Result<()> {
+fn verify_against_live(
+    dir: &Path,
+    scratch: &Path,
+    report: &palisade_backup::BackupReport,
+) -> Result<()> {
     let db = scratch.join("databases/app.db");
     let check = sqlite::integrity(&db)?;
-    ensure!(check.is_ok(), "the restored database fails its integrity check: {check:?}");
+    ensure!(
+        check.is_ok(),
+        "the restored database fails its integrity check: {check:?}"
+    );
     let restored_rows = sqlite::row_counts(&db)?;
     let cataloged = report
         .catalog
@@ -167,8 +193,14 @@ fn write_demo(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(uploads.join("avatars"))?;
     std::fs::create_dir_all(uploads.join("empty folder"))?;
     write_database(&app.join("app.db"))?;
-    std::fs::write(uploads.join("terms of service.txt"), "Be kind. Back up often.\n")?;
-    std::fs::write(uploads.join("upload-in-progress.tmp"), "left out by the job's exclude\n")?;
+    std::fs::write(
+        uploads.join("terms of service.txt"),
+        "Be kind. Back up often.\n",
+    )?;
+    std::fs::write(
+        uploads.join("upload-in-progress.tmp"),
+        "left out by the job's exclude\n",
+    )?;
     let mut rng = rand::rng();
     for n in 0..5 {
         let mut bytes = vec![0u8; 4096 * (n + 1)];
@@ -185,7 +217,10 @@ fn write_demo(dir: &Path) -> Result<()> {
         .mode(0o600)
         .open(dir.join("palisade.key"))?;
     std::io::Write::write_all(&mut file, format!("{}\n", hex::encode(key)).as_bytes())?;
-    std::fs::set_permissions(dir.join("palisade.key"), std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(
+        dir.join("palisade.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )?;
     std::fs::write(dir.join("palisade.toml"), CONFIG)?;
     Ok(())
 }

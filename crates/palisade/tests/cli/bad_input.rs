@@ -17,8 +17,15 @@ fn a_wrong_password_is_named_and_nothing_is_written() {
         .output()
         .unwrap();
     assert_status(&out, 1, "backup with a wrong password");
-    assert!(stderr(&out).contains("wrong password or key file"), "{}", stderr(&out));
-    assert!(!stderr(&out).contains("not the password"), "the password leaked");
+    assert!(
+        stderr(&out).contains("wrong password or key file"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains("not the password"),
+        "the password leaked"
+    );
     assert_eq!(env.repo_files(), before);
 }
 
@@ -26,7 +33,11 @@ fn a_wrong_password_is_named_and_nothing_is_written() {
 fn a_missing_repository_says_how_to_create_one() {
     let env = Env::new();
     let out = env.expect(&["snapshots"], 1);
-    assert!(stderr(&out).contains("no repository at"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no repository at"),
+        "{}",
+        stderr(&out)
+    );
     assert!(stderr(&out).contains("palisade init"), "{}", stderr(&out));
 
     // A directory that exists but holds no repository says the same.
@@ -39,10 +50,18 @@ fn a_missing_repository_says_how_to_create_one() {
 fn a_non_sqlite_file_is_named() {
     let env = Env::init();
     let fake = env.path("notes.db");
-    std::fs::write(&fake, "these are notes, not a database, however long they are").unwrap();
+    std::fs::write(
+        &fake,
+        "these are notes, not a database, however long they are",
+    )
+    .unwrap();
     let out = env.expect(&["backup", "--sqlite", fake.to_str().unwrap()], 1);
     assert!(stderr(&out).contains("notes.db"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("not an SQLite database"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not an SQLite database"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 0);
 }
 
@@ -55,7 +74,10 @@ fn init_twice_is_refused() {
 
 /// Pack files of the repository.
 fn packs(env: &Env) -> Vec<std::path::PathBuf> {
-    walk(&env.repo.join("data")).into_iter().filter(|p| p.is_file()).collect()
+    walk(&env.repo.join("data"))
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect()
 }
 
 #[test]
@@ -63,14 +85,29 @@ fn a_corrupted_pack_is_named_by_check_and_fails_only_the_items_that_need_it() {
     let env = Env::init();
     let site = env.path("site");
     std::fs::create_dir_all(&site).unwrap();
-    std::fs::write(site.join("page.html"), "<p>kept safe in the first pack</p>\n".repeat(500)).unwrap();
+    std::fs::write(
+        site.join("page.html"),
+        "<p>kept safe in the first pack</p>\n".repeat(500),
+    )
+    .unwrap();
     env.backup(&["--dir", site.to_str().unwrap()]);
     let old = packs(&env);
 
     // The second snapshot's database lands in a new pack; the site deduplicates into the old one.
-    let report = env.backup(&["--dir", site.to_str().unwrap(), "--sqlite", chinook().to_str().unwrap()]);
-    let new: Vec<_> = packs(&env).into_iter().filter(|p| !old.contains(p)).collect();
-    let data_pack = new.iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let report = env.backup(&[
+        "--dir",
+        site.to_str().unwrap(),
+        "--sqlite",
+        chinook().to_str().unwrap(),
+    ]);
+    let new: Vec<_> = packs(&env)
+        .into_iter()
+        .filter(|p| !old.contains(p))
+        .collect();
+    let data_pack = new
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
     let mut bytes = std::fs::read(data_pack).unwrap();
     for b in &mut bytes[1000..1100] {
         *b ^= 0x5a;
@@ -79,11 +116,27 @@ fn a_corrupted_pack_is_named_by_check_and_fails_only_the_items_that_need_it() {
     let pack_id = data_pack.file_name().unwrap().to_str().unwrap().to_string();
 
     let out = env.expect(&["check", "--read-data"], 1);
-    assert!(stderr(&out).contains(&pack_id), "check did not name {pack_id}:\n{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&pack_id),
+        "check did not name {pack_id}:\n{}",
+        stderr(&out)
+    );
 
     let target = env.path("out");
-    let out = env.expect(&["restore", &snapshot_id(&report), "--target", target.to_str().unwrap()], 1);
-    assert!(stderr(&out).contains("databases/Chinook_Sqlite.sqlite"), "{}", stderr(&out));
+    let out = env.expect(
+        &[
+            "restore",
+            &snapshot_id(&report),
+            "--target",
+            target.to_str().unwrap(),
+        ],
+        1,
+    );
+    assert!(
+        stderr(&out).contains("databases/Chinook_Sqlite.sqlite"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(
         std::fs::read(target.join("files/site/page.html")).unwrap(),
         std::fs::read(site.join("page.html")).unwrap(),
@@ -119,8 +172,14 @@ fn a_backup_killed_mid_run_leaves_no_snapshot_and_a_clean_repository() {
     // Kill it as soon as it has written pack data, well before it can finish.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while packs(&env).is_empty() {
-        assert!(child.try_wait().unwrap().is_none(), "the backup finished before it could be killed");
-        assert!(std::time::Instant::now() < deadline, "no pack was ever written");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup finished before it could be killed"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pack was ever written"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().unwrap();

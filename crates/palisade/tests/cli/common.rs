@@ -178,7 +178,9 @@ pub fn walk(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries {
             let path = entry.unwrap().path();
             if path.symlink_metadata().unwrap().is_dir() {
@@ -225,10 +227,17 @@ pub fn assert_same_tree(original: &Path, restored: &Path) {
             "{rel:?} changed mode"
         );
         if ma.file_type().is_symlink() {
-            assert_eq!(std::fs::read_link(&a).unwrap(), std::fs::read_link(&b).unwrap());
+            assert_eq!(
+                std::fs::read_link(&a).unwrap(),
+                std::fs::read_link(&b).unwrap()
+            );
         } else if ma.is_file() {
             assert_eq!(sha256_file(&a), sha256_file(&b), "{rel:?} changed content");
-            assert_eq!(ma.modified().unwrap(), mb.modified().unwrap(), "{rel:?} changed mtime");
+            assert_eq!(
+                ma.modified().unwrap(),
+                mb.modified().unwrap(),
+                "{rel:?} changed mtime"
+            );
         }
     }
 }

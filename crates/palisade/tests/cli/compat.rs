@@ -9,13 +9,26 @@ fn restic_checks_and_restores_a_palisade_repository() {
     std::fs::create_dir_all(site.join("a/b")).unwrap();
     std::fs::write(site.join("a/b/page.html"), "<h1>hello</h1>\n".repeat(1000)).unwrap();
     std::fs::write(site.join("robots.txt"), "User-agent: *\n").unwrap();
-    let report = env.backup(&["--sqlite", chinook().to_str().unwrap(), "--dir", site.to_str().unwrap()]);
-    env.backup_stdin("extra.sql", &std::fs::read(shared_data().join("chinook/Chinook_PostgreSql.sql")).unwrap());
+    let report = env.backup(&[
+        "--sqlite",
+        chinook().to_str().unwrap(),
+        "--dir",
+        site.to_str().unwrap(),
+    ]);
+    env.backup_stdin(
+        "extra.sql",
+        &std::fs::read(shared_data().join("chinook/Chinook_PostgreSql.sql")).unwrap(),
+    );
 
     env.restic(&["check", "--read-data"]);
     let ours = env.restore(&snapshot_id(&report), "palisade-out");
     let theirs = env.path("restic-out");
-    env.restic(&["restore", &snapshot_id(&report), "--target", theirs.to_str().unwrap()]);
+    env.restic(&[
+        "restore",
+        &snapshot_id(&report),
+        "--target",
+        theirs.to_str().unwrap(),
+    ]);
     assert_same_tree(&ours, &theirs);
     assert_eq!(
         sha256_file(&theirs.join("databases/Chinook_Sqlite.sqlite")),

@@ -8,7 +8,12 @@ fn env_with_site() -> (Env, String) {
     std::fs::create_dir_all(&site).unwrap();
     std::fs::write(site.join("index.html"), "short").unwrap();
     std::fs::write(site.join("other.txt"), "other").unwrap();
-    let report = env.backup(&["--dir", site.to_str().unwrap(), "--sqlite", chinook().to_str().unwrap()]);
+    let report = env.backup(&[
+        "--dir",
+        site.to_str().unwrap(),
+        "--sqlite",
+        chinook().to_str().unwrap(),
+    ]);
     (env, snapshot_id(&report))
 }
 
@@ -17,7 +22,10 @@ fn restoring_twice_into_the_same_place_works() {
     let (env, id) = env_with_site();
     let target = env.restore(&id, "out");
     env.restore(&id, "out");
-    assert_eq!(std::fs::read(target.join("files/site/index.html")).unwrap(), b"short");
+    assert_eq!(
+        std::fs::read(target.join("files/site/index.html")).unwrap(),
+        b"short"
+    );
 }
 
 #[test]
@@ -35,19 +43,46 @@ fn a_changed_file_is_not_overwritten_without_the_flag() {
         b"a much longer local edit that must survive"
     );
 
-    env.ok(&["restore", &id, "--target", target.to_str().unwrap(), "--overwrite"]);
-    assert_eq!(std::fs::read(&page).unwrap(), b"short", "overwrite must truncate");
+    env.ok(&[
+        "restore",
+        &id,
+        "--target",
+        target.to_str().unwrap(),
+        "--overwrite",
+    ]);
+    assert_eq!(
+        std::fs::read(&page).unwrap(),
+        b"short",
+        "overwrite must truncate"
+    );
 }
 
 #[test]
 fn include_restores_only_the_named_item() {
     let (env, id) = env_with_site();
     let target = env.path("only-db");
-    env.ok(&["restore", &id, "--target", target.to_str().unwrap(), "--include", "Chinook_Sqlite.sqlite"]);
+    env.ok(&[
+        "restore",
+        &id,
+        "--target",
+        target.to_str().unwrap(),
+        "--include",
+        "Chinook_Sqlite.sqlite",
+    ]);
     assert!(target.join("databases/Chinook_Sqlite.sqlite").is_file());
     assert!(!target.join("files").exists());
 
-    let out = env.expect(&["restore", &id, "--target", target.to_str().unwrap(), "--include", "nothing-here"], 1);
+    let out = env.expect(
+        &[
+            "restore",
+            &id,
+            "--target",
+            target.to_str().unwrap(),
+            "--include",
+            "nothing-here",
+        ],
+        1,
+    );
     assert!(stderr(&out).contains("nothing-here"), "{}", stderr(&out));
 }
 

@@ -27,7 +27,11 @@ fn chinook_restores_byte_identical_with_sqlite3_row_counts_in_the_catalog() {
 
     let target = env.restore(&snapshot_id(&report), "out");
     let restored = target.join("databases/Chinook_Sqlite.sqlite");
-    assert_eq!(sha256_file(&restored), sha256_file(&chinook()), "not byte-identical");
+    assert_eq!(
+        sha256_file(&restored),
+        sha256_file(&chinook()),
+        "not byte-identical"
+    );
     assert_eq!(db["sha256"], sha256_file(&chinook()));
     assert_eq!(sqlite3_counts(&restored), counts);
 }
@@ -54,8 +58,11 @@ fn sqlite_copy_is_consistent_while_the_application_writes() {
             let mut written = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 let tx = conn.transaction().unwrap();
-                tx.execute("INSERT INTO events (body) VALUES (?1)", [format!("event {written}")])
-                    .unwrap();
+                tx.execute(
+                    "INSERT INTO events (body) VALUES (?1)",
+                    [format!("event {written}")],
+                )
+                .unwrap();
                 tx.execute("UPDATE totals SET n = n + 1", []).unwrap();
                 tx.commit().unwrap();
                 written += 1;
@@ -74,10 +81,16 @@ fn sqlite_copy_is_consistent_while_the_application_writes() {
         let target = env.restore(&snapshot_id(report), &format!("out{n}"));
         let copy = target.join("databases/live.db");
         let conn = rusqlite::Connection::open(&copy).unwrap();
-        let ok: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        let ok: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(ok, "ok");
-        let events: u64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0)).unwrap();
-        let total: u64 = conn.query_row("SELECT n FROM totals", [], |r| r.get(0)).unwrap();
+        let events: u64 = conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        let total: u64 = conn
+            .query_row("SELECT n FROM totals", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(events, total, "the copy caught a transaction half-way");
         assert!(events > 0 && events <= written);
         assert_eq!(item(report, "live.db")["tables"]["events"], events);
@@ -93,8 +106,11 @@ fn awkward_tree(root: &Path) {
     std::fs::write(root.join(OsStr::from_bytes(b"latin1-\xe9t\xe9")), "bytes\n").unwrap();
     std::fs::write(root.join("sub dir/empty-file"), "").unwrap();
     std::fs::write(root.join("script.sh"), "#!/bin/sh\n").unwrap();
-    std::fs::set_permissions(root.join("script.sh"), std::fs::Permissions::from_mode(0o751))
-        .unwrap();
+    std::fs::set_permissions(
+        root.join("script.sh"),
+        std::fs::Permissions::from_mode(0o751),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("plain.txt", root.join("link")).unwrap();
     std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
     let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
@@ -117,7 +133,13 @@ fn directories_keep_names_links_modes_and_mtimes() {
     let target = env.restore(&snapshot_id(&report), "out");
     assert_same_tree(&src, &target.join("files/site"));
     // The links are links, not copies of what they point at.
-    assert!(target.join("files/site/link").symlink_metadata().unwrap().is_symlink());
+    assert!(
+        target
+            .join("files/site/link")
+            .symlink_metadata()
+            .unwrap()
+            .is_symlink()
+    );
 }
 
 #[test]
@@ -137,9 +159,19 @@ fn excluded_paths_are_left_out() {
         "cache",
     ]);
     let tree = env.json(&["ls", &snapshot_id(&report), "--tree"]);
-    let paths: Vec<&str> = tree.as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    let paths: Vec<&str> = tree
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
     assert!(paths.contains(&"files/site/keep.txt"), "{paths:?}");
-    assert!(!paths.iter().any(|p| p.ends_with(".tmp") || p.contains("cache")), "{paths:?}");
+    assert!(
+        !paths
+            .iter()
+            .any(|p| p.ends_with(".tmp") || p.contains("cache")),
+        "{paths:?}"
+    );
 }
 
 /// A real source tree that nobody here wrote: rustic_core's own sources from the cargo registry.
@@ -166,8 +198,14 @@ fn a_real_source_tree_round_trips_and_an_unchanged_rebackup_adds_under_one_perce
     let read = second["bytes_read"].as_u64().unwrap();
     let added = second["bytes_added"].as_u64().unwrap();
     assert!(read > 1_000_000, "the tree is over 1 MB ({read})");
-    assert!(added * 100 < read, "unchanged re-backup added {added} of {read} bytes");
-    assert_eq!(item(&first, "rustic_core")["sha256"], item(&second, "rustic_core")["sha256"]);
+    assert!(
+        added * 100 < read,
+        "unchanged re-backup added {added} of {read} bytes"
+    );
+    assert_eq!(
+        item(&first, "rustic_core")["sha256"],
+        item(&second, "rustic_core")["sha256"]
+    );
 
     let target = env.restore("latest", "out");
     assert_same_tree(&src, &target.join("files/rustic_core"));
@@ -179,9 +217,17 @@ fn a_real_source_tree_round_trips_and_an_unchanged_rebackup_adds_under_one_perce
     // Restoring both snapshots writes every file twice, plus each snapshot's small catalog.
     let total = stats["total_restore_size"].as_u64().unwrap();
     let twice = 2 * first["bytes_read"].as_u64().unwrap();
-    assert!(total > twice && total < twice + 20_000, "{total} vs {twice}");
+    assert!(
+        total > twice && total < twice + 20_000,
+        "{total} vs {twice}"
+    );
     let snaps = env.json(&["snapshots"]);
-    let listed: u64 = snaps.as_array().unwrap().iter().map(|s| s["bytes"].as_u64().unwrap()).sum();
+    let listed: u64 = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["bytes"].as_u64().unwrap())
+        .sum();
     assert_eq!(total, listed);
 }
 
@@ -199,7 +245,12 @@ pub fn copy_tree(from: &Path, to: &Path) {
         } else {
             std::fs::copy(&src, &dst).unwrap();
             let mtime = std::fs::metadata(&src).unwrap().modified().unwrap();
-            std::fs::File::options().write(true).open(&dst).unwrap().set_modified(mtime).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&dst)
+                .unwrap()
+                .set_modified(mtime)
+                .unwrap();
         }
     }
 }
@@ -211,8 +262,11 @@ fn an_unreadable_file_is_reported_skipped_and_exits_3() {
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("readable.txt"), "fine").unwrap();
     std::fs::write(src.join("secret.txt"), "no access").unwrap();
-    std::fs::set_permissions(src.join("secret.txt"), std::fs::Permissions::from_mode(0o000))
-        .unwrap();
+    std::fs::set_permissions(
+        src.join("secret.txt"),
+        std::fs::Permissions::from_mode(0o000),
+    )
+    .unwrap();
 
     // Root reads any file, so as root the backup runs as `nobody` to meet a real EACCES.
     let out = as_unprivileged(&env, &["--json", "backup", "--dir", src.to_str().unwrap()]);
@@ -231,11 +285,18 @@ fn an_unreadable_file_is_reported_skipped_and_exits_3() {
 /// Runs palisade as the `nobody` user when the tests run as root, with the env's files opened up
 /// to it; as itself otherwise.
 fn as_unprivileged(env: &Env, args: &[&str]) -> std::process::Output {
-    let is_root = std::process::Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .unwrap()
+        .stdout
+        == b"0\n";
     if !is_root {
         return env.palisade().args(args).output().unwrap();
     }
-    let open_up = |p: &Path, mode| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    let open_up = |p: &Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
     let mut dir = env.dir.path().to_path_buf();
     while dir.parent().is_some() {
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
@@ -267,6 +328,10 @@ fn as_unprivileged(env: &Env, args: &[&str]) -> std::process::Output {
         .env_remove("PALISADE_REPOSITORY")
         .env_remove("PALISADE_PASSWORD");
     let out = cmd.output().unwrap();
-    std::process::Command::new("chown").args(["-R", "root"]).arg(&env.repo).status().unwrap();
+    std::process::Command::new("chown")
+        .args(["-R", "root"])
+        .arg(&env.repo)
+        .status()
+        .unwrap();
     out
 }

@@ -5,7 +5,9 @@ use crate::common::*;
 
 /// Deterministic, poorly compressible bytes.
 fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             state ^= state << 13;
@@ -24,7 +26,10 @@ fn two_streams_under_one_name_each_restore_their_own_bytes() {
     let tuesday = noise(2, 3 << 20);
     let first = env.backup_stdin("app.sql", &monday);
     let second = env.backup_stdin("app.sql", &tuesday);
-    assert_ne!(item(&first, "app.sql")["sha256"], item(&second, "app.sql")["sha256"]);
+    assert_ne!(
+        item(&first, "app.sql")["sha256"],
+        item(&second, "app.sql")["sha256"]
+    );
 
     for (report, bytes, name) in [(&first, &monday, "a"), (&second, &tuesday, "b")] {
         let target = env.restore(&snapshot_id(report), name);
@@ -38,7 +43,12 @@ fn restic_restores_a_stream_in_full() {
     let dump = noise(3, 5 << 20);
     let report = env.backup_stdin("db.dump", &dump);
     let target = env.path("restic-out");
-    env.restic(&["restore", &snapshot_id(&report), "--target", target.to_str().unwrap()]);
+    env.restic(&[
+        "restore",
+        &snapshot_id(&report),
+        "--target",
+        target.to_str().unwrap(),
+    ]);
     let restored = std::fs::read(target.join("dumps/db.dump")).unwrap();
     assert_eq!(restored.len(), dump.len());
     assert!(restored == dump);
