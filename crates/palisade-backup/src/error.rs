@@ -89,6 +89,14 @@ pub enum Error {
     #[error("refusing to restore `{path}`: {reason}")]
     UnsafeEntry { path: String, reason: String },
 
+    /// The restore target already holds a symlink where the snapshot has a file or directory.
+    #[error(
+        "{path} is a symlink, and restoring there would write wherever it points; remove it, \
+         restore into an empty directory, or pass --overwrite to replace the link (only the \
+         link) with the snapshot's entry"
+    )]
+    LinkInTarget { path: PathBuf },
+
     /// Some files could not be restored because their data is missing or damaged.
     #[error("{failed} of {total} item(s) could not be restored: {first}")]
     RestoreIncomplete {

@@ -6,7 +6,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use rustic_core::{LocalDestination, RestoreOptions, repofile::Node};
+use rustic_core::{
+    LocalDestination, RestoreOptions,
+    repofile::{Node, NodeType},
+};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -88,6 +91,7 @@ pub fn restore(repo: &Repo, request: &RestoreRequest) -> Result<RestoreReport> {
         .collect();
 
     let dest = destination(&request.target)?;
+    guard_links(&request.target, &selected, request.overwrite)?;
     check_overwrite(&open, &selected, &dest, request)?;
 
     let mut report = RestoreReport {
@@ -226,6 +230,36 @@ fn options() -> RestoreOptions {
     RestoreOptions::default().verify_existing(true)
 }
 
+/// Refuses to restore beneath, or onto, a symlink that already exists in the target, since the
+/// writes would follow it out of the target. With `overwrite`, such links are removed (the link
+/// itself, never what it points at) so that the snapshot's entries take their place.
+fn guard_links(target: &Path, selected: &[(PathBuf, Node)], overwrite: bool) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for (path, node) in selected {
+        let mut prefix = PathBuf::new();
+        let depth = path.components().count();
+        for (n, part) in path.components().enumerate() {
+            prefix.push(part);
+            let own_link = n + 1 == depth && matches!(node.node_type, NodeType::Symlink { .. });
+            if own_link || !seen.insert(prefix.clone()) {
+                continue;
+            }
+            let on_disk = target.join(&prefix);
+            let Ok(meta) = on_disk.symlink_metadata() else {
+                break;
+            };
+            if !meta.file_type().is_symlink() {
+                continue;
+            }
+            if !overwrite {
+                return Err(Error::LinkInTarget { path: on_disk });
+            }
+            std::fs::remove_file(&on_disk).map_err(|err| Error::io(&on_disk, err))?;
+        }
+    }
+    Ok(())
+}
+
 /// Refuses, before anything is written, to replace existing files that differ.
 fn check_overwrite(
     open: &OpenSnapshot,
@@ -289,10 +323,10 @@ fn restore_entries(
             .restore(plan, &options(), entries.iter().cloned().map(Ok), dest)
             .map_err(|err| err.display_log())
     };
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let outcome = catch_unwind(AssertUnwindSafe(run));
-    std::panic::set_hook(previous);
+    let outcome = {
+        let _quiet = QuietEnginePanics::start();
+        catch_unwind(AssertUnwindSafe(run))
+    };
     match outcome {
         Ok(result) => result,
         Err(panic) => Err(format!(
@@ -300,6 +334,38 @@ fn restore_entries(
              --read-data` to find the damaged pack",
             panic_text(&panic)
         )),
+    }
+}
+
+/// While at least one of these lives, panics raised inside rustic_core print nothing (the
+/// restore reports them as one line); every other panic prints as usual.
+struct QuietEnginePanics;
+
+static QUIET_RESTORES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl QuietEnginePanics {
+    fn start() -> Self {
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                let in_engine = info
+                    .location()
+                    .is_some_and(|l| l.file().contains("rustic_core"));
+                let quiet = QUIET_RESTORES.load(std::sync::atomic::Ordering::SeqCst) > 0;
+                if !(quiet && in_engine) {
+                    previous(info);
+                }
+            }));
+        });
+        QUIET_RESTORES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self
+    }
+}
+
+impl Drop for QuietEnginePanics {
+    fn drop(&mut self) {
+        QUIET_RESTORES.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -135,8 +135,9 @@ impl Session {
             let repo = self.open()?;
             let stream: Option<Box<dyn std::io::Read + Send>> =
                 args.stdin.then(|| Box::new(std::io::stdin()) as Box<_>);
-            let report =
-                palisade_backup::backup(&repo, self.request(ad_hoc, stream, None, &args.tag))?;
+            let scratch = self.scratch()?;
+            let request = self.request(ad_hoc, stream, None, &args.tag, scratch.path());
+            let report = palisade_backup::backup(&repo, request)?;
             return self.report_backups(&[report]);
         }
         let jobs: Vec<_> = match &args.job {
@@ -148,6 +149,7 @@ impl Session {
             ),
             None => self.config.jobs.clone(),
         };
+        let scratch = self.scratch()?;
         let mut reports = Vec::new();
         let mut failures = Vec::new();
         for job in &jobs {
@@ -161,7 +163,13 @@ impl Session {
                 tags.extend(args.tag.iter().cloned());
                 Ok(palisade_backup::backup(
                     &repo,
-                    self.request(job.specs(), None, Some(job.name.clone()), &tags),
+                    self.request(
+                        job.specs(),
+                        None,
+                        Some(job.name.clone()),
+                        &tags,
+                        scratch.path(),
+                    ),
                 )?)
             })();
             match outcome {
@@ -190,18 +198,25 @@ impl Session {
         stream: Option<Box<dyn std::io::Read + Send>>,
         job: Option<String>,
         tags: &[String],
+        scratch: &std::path::Path,
     ) -> BackupRequest {
         BackupRequest {
             sources,
             stream,
             job,
             tags: tags.to_vec(),
-            temp_dir: self
-                .config
-                .temp_dir
-                .clone()
-                .unwrap_or_else(std::env::temp_dir),
+            temp_dir: scratch.to_path_buf(),
         }
+    }
+
+    /// This run's scratch directory under `temp_dir` (default: the system's).
+    fn scratch(&self) -> Result<crate::scratch::Scratch> {
+        let root = self
+            .config
+            .temp_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir);
+        crate::scratch::Scratch::new(&root)
     }
 
     fn report_backups(&self, reports: &[BackupReport]) -> Result<Outcome> {

@@ -6,6 +6,7 @@ mod commands;
 mod config;
 mod progress;
 mod quickstart;
+mod scratch;
 
 use std::process::ExitCode;
 

@@ -75,6 +75,7 @@ pub fn run(dir: &Path, global: &Global) -> Result<Outcome> {
         repo
     };
 
+    let scratch = crate::scratch::Scratch::new(&std::env::temp_dir())?;
     let report = palisade_backup::backup(
         &repo,
         palisade_backup::BackupRequest {
@@ -82,7 +83,7 @@ pub fn run(dir: &Path, global: &Global) -> Result<Outcome> {
             stream: None,
             job: Some(job.name.clone()),
             tags: vec!["quickstart".into()],
-            temp_dir: std::env::temp_dir(),
+            temp_dir: scratch.path().to_path_buf(),
         },
     )?;
     say(format!(

@@ -201,3 +201,42 @@ fn a_password_on_the_command_line_is_not_accepted() {
     let out = env.expect(&["snapshots", "--password", "hunter2"], 2);
     assert!(stderr(&out).contains("--password"), "{}", stderr(&out));
 }
+
+#[test]
+fn an_interrupted_backup_removes_its_scratch_files_and_saves_nothing() {
+    let env = Env::init();
+    let mut child = env
+        .palisade()
+        .args(["backup", "--stdin", "--name", "slow.sql"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, &vec![b'x'; 1 << 20]).unwrap();
+    // The stream is being spooled: its scratch directory exists.
+    let scratch = || -> Vec<_> {
+        std::fs::read_dir(env.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("palisade-run-"))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while scratch().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scratch directory appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    assert_eq!(out.status.code(), Some(128 + 15), "{}", stderr(&out));
+    assert!(scratch().is_empty(), "left behind: {:?}", scratch());
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 0);
+}

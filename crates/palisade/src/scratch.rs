@@ -1,0 +1,51 @@
+//! The per-run scratch directory for database copies and spooled streams, removed when the run
+//! ends — also when it is interrupted by SIGINT, SIGTERM or SIGHUP.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use signal_hook::{
+    consts::{SIGHUP, SIGINT, SIGTERM},
+    iterator::Signals,
+};
+
+/// A private (0700) directory under the configured temporary directory.
+#[derive(Debug)]
+pub struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    /// Creates the directory and arranges for it to be removed if a signal ends the process.
+    pub fn new(root: &Path) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("palisade-run-")
+            .tempdir_in(root)
+            .with_context(|| format!("cannot create a scratch directory in {}", root.display()))?;
+        remove_on_signal(dir.path().to_path_buf())?;
+        Ok(Self { dir })
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// On the first SIGINT, SIGTERM or SIGHUP: remove `dir` and exit as the shell would report the
+/// signal (128 + its number). No snapshot is visible at that point unless the backup had already
+/// finished, because the snapshot file is the last thing a backup writes.
+fn remove_on_signal(dir: PathBuf) -> Result<()> {
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            let _ = std::fs::remove_dir_all(&dir);
+            eprintln!(
+                "palisade: interrupted; removed the scratch directory, no snapshot was saved"
+            );
+            std::process::exit(128 + signal);
+        }
+    });
+    Ok(())
+}
