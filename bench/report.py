@@ -48,8 +48,8 @@ def read_results(path):
             cols = line.rstrip("\n").split("\t")
             if len(cols) < 8:
                 continue
-            cols += [""] * (13 - len(cols))
-            tool, inp, step, bytes_in, secs, rss, repo, status, rep, cpu, steal, load1, other = cols[:13]
+            cols += [""] * (14 - len(cols))
+            tool, inp, step, bytes_in, secs, rss, repo, status, rep, cpu, steal, load1, other, sys_s = cols[:14]
             runs.setdefault((inp, step), []).append({
                 "bytes": int(bytes_in) if bytes_in else None,
                 "secs": float(secs) if secs else None,
@@ -61,6 +61,7 @@ def read_results(path):
                 "steal": float(steal) if steal else None,
                 "load1": float(load1) if load1 else None,
                 "other": float(other) if other else None,
+                "sys": float(sys_s) if sys_s else None,
             })
     return runs
 
@@ -205,7 +206,9 @@ def main():
     w(f"- restic: `{versions['restic'].get('RESTIC_VERSION', 'not run')}`"
       + (f", repository format version {versions['restic']['RESTIC_REPO_VERSION']} (compression `auto`, the default)"
          if versions["restic"].get("RESTIC_REPO_VERSION") else ""))
-    w(f"- palisade: `{versions['palisade'].get('PALISADE_VERSION', 'not run')}`")
+    pv = versions["palisade"]
+    w(f"- palisade: `{pv.get('PALISADE_VERSION', 'not run')}`"
+      + (f", release build of {pv['PALISADE_BUILT']} (binary sha256 {pv.get('PALISADE_SHA256', '?')}…)" if pv.get("PALISADE_BUILT") else ""))
     w("")
     w("## Inputs")
     w("")
@@ -257,6 +260,13 @@ def main():
     w("- MB/s = input bytes / wall seconds, with MB = 10^6 bytes (restore: bytes restored / seconds).")
     w("- Bytes stored = `du -sb REPO` after the run (restic's local cache is kept outside the repository and not counted).")
     w("- Every restore is checked byte for byte (`diff -r --no-dereference` for the tree, `cmp` for the dump) and then deleted.")
+    for t in TOOLS:
+        lay = {}
+        for inp in ("linux", "dump"):
+            lay.update(read_env(os.path.join(results, f"{t}.layout.{inp}")))
+        if lay:
+            w(f"- {t} restored the tree to `{lay.get('LAYOUT_LINUX', '?')}` and the dump to `{lay.get('LAYOUT_DUMP', '?')}` "
+              "(D = the restore target).")
     w("- Steps run one after another, never two at once, on the 2 cores.")
     w("")
 
@@ -353,24 +363,32 @@ def main():
     w("## Run time")
     w("")
     total = 0
+    prep_built = int(linux.get("LINUX_PREP_SECONDS", 0) or 0) + int(pg.get("PG_PREP_SECONDS", 0) or 0)
     for s in ("prepare", "restic", "palisade", "report"):
         if s in stages:
-            w(f"- `{s}`: {human_secs(stages[s][0])} (finished {stages[s][1]})")
-            total += stages[s][0]
+            secs = stages[s][0]
+            note = ""
+            if s == "prepare" and prep_built and secs < prep_built:
+                note = (f"; the inputs were cached, building them took {human_secs(prep_built)}: extracting the tree "
+                        f"{human_secs(int(linux.get('LINUX_PREP_SECONDS', 0)))}, PostgreSQL load, update and two dumps "
+                        f"{human_secs(int(pg.get('PG_PREP_SECONDS', 0)))}")
+                secs = prep_built
+            w(f"- `{s}`: {human_secs(stages[s][0])} (finished {stages[s][1]}{note})")
+            total += secs
     if total:
-        w(f"- total of the stages above: {human_secs(total)}")
+        w(f"- total of the stages above (counting the input preparation once): {human_secs(total)}")
     w("")
 
     # --- all runs
     w("## All runs")
     w("")
-    w("CPU = user + system seconds of the command (from `/usr/bin/time -v`); steal = CPU time the hypervisor took from "
+    w("CPU = user + system seconds of the command (from `/usr/bin/time -v`), sys = the system (kernel) part of it; steal = CPU time the hypervisor took from "
       "this VM during the step (`/proc/stat`), a sign of a noisy host; others = CPU seconds that all other processes on the "
       "machine used during the step (busy time from `/proc/stat` minus the command's CPU), a sign that other work "
       "(a build, a test run) shared the 2 cores; load = 1-minute load average when the step started.")
     w("")
-    w("| tool | input | step | run | wall s | MB/s | CPU s | others s | steal s | load | peak RSS | repo bytes | status |")
-    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    w("| tool | input | step | run | wall s | MB/s | CPU s | sys s | others s | steal s | load | peak RSS | repo bytes | status |")
+    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for t in TOOLS:
         for (inp, step), runs in raw[t].items():
             for r in runs:
@@ -379,9 +397,10 @@ def main():
                 steal = "" if r["steal"] is None else f"{r['steal']:.1f}"
                 load = "" if r["load1"] is None else f"{r['load1']:.2f}"
                 other = "" if r["other"] is None else f"{r['other']:.1f}"
+                sys_s = "" if r["sys"] is None else f"{r['sys']:.1f}"
                 repo = "" if r["repo"] is None else f"{r['repo']:,}"
                 other += " (disturbed)" if disturbed(r) else ""
-                w(f"| {t} | {inp} | {step} | {r['rep']} | {r['secs']:.2f} | {v} | {cpu} | {other} | {steal} | {load} | "
+                w(f"| {t} | {inp} | {step} | {r['rep']} | {r['secs']:.2f} | {v} | {cpu} | {sys_s} | {other} | {steal} | {load} | "
                   f"{fmt_rss(r)} | {repo} | {r['status']} |")
     w("")
 

@@ -88,6 +88,7 @@ prepare_linux() {
     local tarball
     tarball=$(ls $LINUX_TARBALL_GLOB | sort -V | tail -n1)
     [[ -f $tarball ]] || die "no linux-source tarball under /usr/src"
+    local t0=$SECONDS
     rm -rf "$INPUTS/linux" "$INPUTS/linux.done" "$INPUTS/linux.dir"
     mkdir -p "$INPUTS/linux"
     log "extracting $tarball"
@@ -105,6 +106,7 @@ prepare_linux() {
         echo "LINUX_DIRS=$(find "$top" -type d | wc -l)"
         echo "LINUX_SYMLINKS=$(find "$top" -type l | wc -l)"
         echo "LINUX_DU=$(du -sb "$top" | cut -f1)"
+        echo "LINUX_PREP_SECONDS=$((SECONDS - t0))"
     } >"$INPUTS/linux.env"
     touch "$INPUTS/linux.done"
     log "linux tree ready: $top"
@@ -175,6 +177,7 @@ prepare_pg() {
     need_packages postgresql-15
     local linux
     linux=$(linux_dir)
+    local t0=$SECONDS
     rm -f "$INPUTS/pg.done" "$INPUTS/day1.sql" "$INPUTS/day2.sql"
     pg_stop
     rm -rf "$PG_DIR"
@@ -236,6 +239,7 @@ SQL
     } >"$INPUTS/pg.env"
     pg_stop
     trap - EXIT
+    echo "PG_PREP_SECONDS=$((SECONDS - t0))" >>"$INPUTS/pg.env"
     [[ ${BENCH_KEEP_PG:-0} == 1 ]] || rm -rf "$PG_DIR"
     touch "$INPUTS/pg.done"
     log "dumps ready: $(du -h "$INPUTS/day1.sql" "$INPUTS/day2.sql" | tr '\n' ' ')"
@@ -274,8 +278,8 @@ wait_quiet() {
 # measure TOOL INPUT STEP BYTES_IN REPO -- CMD ...
 # Runs CMD under /usr/bin/time -v with stdin from $M_STDIN (a file) or from the shell
 # pipeline $M_PRODUCER, then appends one line to $RESULTS/TOOL.tsv:
-#   tool input step bytes_in seconds max_rss_kb repo_bytes status rep cpu_seconds steal_seconds load1 other_cpu_seconds
-# (cpu_seconds: user+system of the command; steal_seconds: CPU time the hypervisor took from
+#   tool input step bytes_in seconds max_rss_kb repo_bytes status rep cpu_seconds steal_seconds load1 other_cpu_seconds sys_seconds
+# (cpu_seconds: user+system of the command; sys_seconds: the system (kernel) part of it; steal_seconds: CPU time the hypervisor took from
 # this VM during the step, from /proc/stat; load1: load average when the step started;
 # other_cpu_seconds: CPU time all other processes of the machine used during the step, i.e.
 # the machine's busy time from /proc/stat minus cpu_seconds: a sign of a run disturbed by other work).
@@ -293,7 +297,8 @@ measure() {
     t0=$(date +%s.%N)
     set +e
     if [[ -n ${M_PRODUCER:-} ]]; then
-        bash -o pipefail -c "$M_PRODUCER" | /usr/bin/time -v -o "$base.time" "$@" >"$base.log" 2>&1
+        /usr/bin/time -v -o "$base.producer.time" bash -o pipefail -c "$M_PRODUCER" |
+            /usr/bin/time -v -o "$base.time" "$@" >"$base.log" 2>&1
         rc=${PIPESTATUS[1]}
     elif [[ -n ${M_STDIN:-} ]]; then
         /usr/bin/time -v -o "$base.time" "$@" <"$M_STDIN" >"$base.log" 2>&1
@@ -309,11 +314,16 @@ measure() {
     secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')
     rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$base.time" 2>/dev/null)
     cpu=$(awk -F': ' '/User time|System time/ {s += $2} END {printf "%.2f", s}' "$base.time" 2>/dev/null)
+    local sys
+    sys=$(awk -F': ' '/System time/ {printf "%.2f", $2}' "$base.time" 2>/dev/null)
     local hz
     hz=$(getconf CLK_TCK)
-    local steal other
+    local steal other producer=0
+    # the producer of a piped stream is part of the step, not "other work"
+    [[ -n ${M_PRODUCER:-} && -f $base.producer.time ]] &&
+        producer=$(awk -F': ' '/User time|System time/ {s += $2} END {printf "%.2f", s}' "$base.producer.time")
     steal=$(awk -v a="${stat0#* }" -v b="${stat1#* }" -v hz="$hz" 'BEGIN {printf "%.2f", (b - a) / hz}')
-    other=$(awk -v a="${stat0% *}" -v b="${stat1% *}" -v hz="$hz" -v c="${cpu:-0}" 'BEGIN {o = (b - a) / hz - c; if (o < 0) o = 0; printf "%.2f", o}')
+    other=$(awk -v a="${stat0% *}" -v b="${stat1% *}" -v hz="$hz" -v c="${cpu:-0}" -v p="$producer" 'BEGIN {o = (b - a) / hz - c - p; if (o < 0) o = 0; printf "%.2f", o}')
     [[ -n $repo && -d $repo ]] && repo_bytes=$(du -sb "$repo" | cut -f1)
     # disturbed: other processes used more than a quarter of a core on average during the step
     if awk -v o="$other" -v s="$secs" 'BEGIN {exit !(o > 0.25 * s)}'; then
@@ -325,9 +335,9 @@ measure() {
         status="exit $rc"
         record_error "$tool" "$input $step (run $REP)" "$base.log" "$*"
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$input" "$step" "$bytes" "$secs" "${rss:-}" \
-        "$repo_bytes" "$status" "$REP" "$cpu" "$steal" "$load1" "$other" >>"$RESULTS/$tool.tsv"
-    log "  -> ${secs}s (cpu ${cpu}s, others ${other}s, steal ${steal}s), rss ${rss:-?} KiB, repo ${repo_bytes:-?} B, $status"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$input" "$step" "$bytes" "$secs" "${rss:-}" \
+        "$repo_bytes" "$status" "$REP" "$cpu" "$steal" "$load1" "$other" "$sys" >>"$RESULTS/$tool.tsv"
+    log "  -> ${secs}s (cpu ${cpu}s of which sys ${sys}s, others ${other}s, steal ${steal}s), rss ${rss:-?} KiB, repo ${repo_bytes:-?} B, $status"
     return $rc
 }
 
@@ -365,23 +375,35 @@ EOF
 
 warm_cache() { find "$1" -type f -print0 | xargs -0 cat >/dev/null; }
 
-# find_restored_dir TARGET SRC: where the restored copy of SRC is inside TARGET.
+# find_restored_dir TARGET SRC: where the restored copy of SRC is inside TARGET. restic puts it at
+# TARGET/<absolute path of SRC>; other layouts (TARGET/<name>, TARGET/<something>/<name>) are found
+# by looking for a directory with SRC's name and the same top-level entries.
 find_restored_dir() {
     local t=$1 src=$2 c
-    for c in "$t$src" "$t/$(basename "$src")" "$t"; do
+    for c in "$t$src" "$t/$(basename "$src")"; do
         if [[ -d $c && -e $c/Makefile ]]; then echo "$c"; return 0; fi
     done
+    while IFS= read -r c; do
+        if [[ -e $c/Makefile ]]; then echo "$c"; return 0; fi
+    done < <(find "$t" -maxdepth 6 -type d -name "$(basename "$src")" 2>/dev/null)
     return 1
 }
 
+# find_restored_file TARGET NAME: the restored stream NAME inside TARGET.
 find_restored_file() {
     local t=$1 name=$2 c
     for c in "$t/$name" "$t/$(basename "$name")"; do
         [[ -f $c ]] && { echo "$c"; return 0; }
     done
-    c=$(find "$t" -type f -name "$(basename "$name")" | head -n1)
+    c=$(find "$t" -maxdepth 6 -type f -name "$(basename "$name")" | head -n1)
     [[ -n $c ]] && { echo "$c"; return 0; }
     return 1
+}
+
+# note_layout TOOL INPUT TARGET PATH: remembers where the tool restored the input, relative to the target.
+note_layout() {
+    local rel=${4#"$3"}
+    kv "LAYOUT_${2^^}" "D${rel:-/}" >"$RESULTS/$1.layout.$2"
 }
 
 verify_dir() {
@@ -393,6 +415,7 @@ verify_dir() {
         return 1
     fi
     log "  verifying $got against $src"
+    note_layout "$tool" linux "$target" "$got"
     if diff -r --no-dereference -q "$src" "$got" >"$LOGS/$tool-linux-verify.log" 2>&1; then
         mark_verify "$tool" linux "ok (diff -r identical)"
     else
@@ -410,6 +433,7 @@ verify_file() {
         return 1
     fi
     log "  verifying $got against $want"
+    note_layout "$tool" "$input" "$target" "$got"
     if cmp "$want" "$got" >"$LOGS/$tool-$input-verify.log" 2>&1; then
         mark_verify "$tool" "$input" "ok (cmp identical)"
     else
@@ -461,7 +485,7 @@ run_tool() {
     load_inputs
     # a neutral working directory, so no palisade.toml of the caller's is picked up
     cd "$SCRATCH"
-    rm -f "$RESULTS/$tool.tsv" "$RESULTS/$tool.errors.md"
+    rm -f "$RESULTS/$tool.tsv" "$RESULTS/$tool.errors.md" "$RESULTS/$tool".layout.*
     rm -rf "$SCRATCH"/restore-"$tool"-* "$RESTIC_CACHE_DIR"
     local stage_t0=$SECONDS
 
@@ -554,6 +578,8 @@ stage_palisade() {
     fi
     kv PALISADE_VERSION "$("$PALISADE_BIN" --version 2>&1 | head -n1)" >"$RESULTS/palisade.env"
     kv PALISADE_BIN "$PALISADE_BIN" >>"$RESULTS/palisade.env"
+    kv PALISADE_BUILT "$(date -u -r "$PALISADE_BIN" +%FT%TZ)" >>"$RESULTS/palisade.env"
+    kv PALISADE_SHA256 "$(sha256sum "$PALISADE_BIN" | cut -c1-16)" >>"$RESULTS/palisade.env"
     run_tool palisade
 }
 

@@ -26,8 +26,8 @@ use crate::{
 pub struct BackupRequest {
     /// The sources, in any order.
     pub sources: Vec<SourceSpec>,
-    /// Where a [`SourceSpec::Stream`] reads from (standard input, usually).
-    pub stream: Option<Box<dyn Read + Send>>,
+    /// Where a [`SourceSpec::Stream`] reads from.
+    pub stream: Option<Stream>,
     /// The config job this run belongs to; becomes the snapshot label and a `job:` tag.
     pub job: Option<String>,
     /// Extra snapshot tags.
@@ -43,6 +43,14 @@ impl std::fmt::Debug for BackupRequest {
             .field("job", &self.job)
             .finish_non_exhaustive()
     }
+}
+
+/// The input of a stream item.
+pub enum Stream {
+    /// The process's standard input: spooled by the kernel (splice), never through user space.
+    Stdin,
+    /// Any reader.
+    Reader(Box<dyn Read + Send>),
 }
 
 /// The result of a backup.
@@ -300,25 +308,22 @@ fn directory_root(path: &Path) -> Result<PathBuf> {
 /// Writes a stream to a private temporary file, so that its size is known before it is
 /// archived: restic's tree format records each file's size up front, and restic restores a file
 /// recorded with size 0 as empty.
-fn spool(
-    mut input: Box<dyn Read + Send>,
-    name: &str,
-    temp_root: &Path,
-) -> Result<(tempfile::TempDir, PathBuf)> {
+fn spool(input: Stream, name: &str, temp_root: &Path) -> Result<(tempfile::TempDir, PathBuf)> {
     let dir = tempfile::Builder::new()
         .prefix("palisade-stream-")
         .tempdir_in(temp_root)
         .map_err(|err| Error::io(temp_root, err))?;
     let file = dir.path().join(name);
     let mut out = std::fs::File::create(&file).map_err(|err| Error::io(&file, err))?;
-    let mut buffered = std::io::BufWriter::with_capacity(1 << 20, &mut out);
-    std::io::copy(&mut input, &mut buffered).map_err(|err| Error::Read {
+    // std::io::copy between a pipe and a file lets the kernel move the bytes (splice).
+    let copied = match input {
+        Stream::Stdin => std::io::copy(&mut std::io::stdin().lock(), &mut out),
+        Stream::Reader(mut reader) => std::io::copy(&mut reader, &mut out),
+    };
+    copied.map_err(|err| Error::Read {
         what: "standard input".into(),
         source: err,
     })?;
-    buffered
-        .into_inner()
-        .map_err(|err| Error::io(&file, err.into_error()))?;
     Ok((dir, file))
 }
 

@@ -17,7 +17,7 @@ pub mod source;
 pub mod sqlite;
 
 pub use crate::{
-    backup::{BackupReport, BackupRequest, backup},
+    backup::{BackupReport, BackupRequest, Stream, backup},
     catalog::{CATALOG_PATH, Catalog, CatalogItem, ItemKind},
     error::{Error, Result},
     inspect::{CheckReport, ReadData, Stats, check, stats},

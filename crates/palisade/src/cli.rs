@@ -88,6 +88,9 @@ pub struct InitArgs {
     /// Largest chunk in bytes.
     #[arg(long, value_name = "BYTES")]
     pub chunk_max_size: Option<u64>,
+    /// zstd compression level, 1 to 22 (higher is smaller and slower).
+    #[arg(long, value_name = "LEVEL", value_parser = clap::value_parser!(i32).range(1..=22))]
+    pub compression: Option<i32>,
 }
 
 #[derive(Debug, Args)]

@@ -107,6 +107,7 @@ impl Session {
             average: args.chunk_size.unwrap_or(defaults.average),
             min: args.chunk_min_size.unwrap_or(defaults.min),
             max: args.chunk_max_size.unwrap_or(defaults.max),
+            compression: args.compression.unwrap_or(defaults.compression),
         };
         let location = self.location(None)?;
         let repo = Repo::init(
@@ -133,8 +134,7 @@ impl Session {
         let ad_hoc = ad_hoc_sources(&args);
         if !ad_hoc.is_empty() {
             let repo = self.open()?;
-            let stream: Option<Box<dyn std::io::Read + Send>> =
-                args.stdin.then(|| Box::new(std::io::stdin()) as Box<_>);
+            let stream = args.stdin.then_some(palisade_backup::Stream::Stdin);
             let scratch = self.scratch()?;
             let request = self.request(ad_hoc, stream, None, &args.tag, scratch.path());
             let report = palisade_backup::backup(&repo, request)?;
@@ -195,7 +195,7 @@ impl Session {
     fn request(
         &self,
         sources: Vec<SourceSpec>,
-        stream: Option<Box<dyn std::io::Read + Send>>,
+        stream: Option<palisade_backup::Stream>,
         job: Option<String>,
         tags: &[String],
         scratch: &std::path::Path,
