@@ -178,7 +178,7 @@ def main():
         p = os.path.join(results, f"{t}.stage")
         if os.path.exists(p):
             cols = open(p).read().split("\t")
-            stage_secs[t] = (int(cols[1]), cols[2].strip())
+            stage_secs[t] = (int(cols[1]), cols[2].strip(), int(cols[3]) if len(cols) > 3 and cols[3].strip() else None)
     stages = {}
     p = os.path.join(results, "stages.tsv")
     if os.path.exists(p):
@@ -246,8 +246,10 @@ def main():
     w("| dump day 1, then day 2 into the same repo | `restic -r REPO backup --stdin --stdin-filename dump.sql < dayN.sql` | `palisade --repo REPO --password-file F backup --stdin --name dump.sql < dayN.sql` |")
     w("| restore | `restic -r REPO restore latest --target D` | `palisade --repo REPO --password-file F restore latest --target D` |")
     w("")
-    n_runs = max((r["n"] for t in TOOLS for r in res[t].values() if r and r["bytes"] and r["n"]), default=1)
-    w(f"- The tree and dump sequences run {n_runs} time(s) per tool, each time in fresh repositories; the tables give the "
+    runs_per_tool = {t: max((r["rep"] for v in raw[t].values() for r in v if r), default=0) for t in TOOLS}
+    runs_text = ", ".join(f"{t} {n}" for t, n in runs_per_tool.items() if n)
+    w(f"- The tree and dump sequences run several times per tool (this time: {runs_text or 'none'}), each time in "
+      "fresh repositories; the tables give the "
       "median wall time (with the fastest and slowest run) over the undisturbed runs, the median repository size and "
       "the highest peak RSS. A run is *disturbed* when other processes used more than a quarter of a core on average "
       "during it (see *others* below); the script repeats the sequence until it has the wanted number of "
@@ -279,6 +281,20 @@ def main():
         b, r = g(t, "linux", "backup"), g(t, "linux", "restore")
         w(f"| {t} | {fmt_mbps(b)} | {fmt_repo(b)} | {fmt_mbps(r)} | {fmt_rss(b)} / {fmt_rss(r)} | {fmt_status(r)} |")
     w("")
+
+    spans = []
+    for t in TOOLS:
+        sys_times = [r["sys"] for r in raw[t].get(("linux", "restore"), []) if r["sys"] is not None]
+        if sys_times:
+            spans.append((t, min(sys_times), max(sys_times)))
+    if spans:
+        w("Kernel (system) time of the tree restores: "
+          + "; ".join(f"{t} {lo:.0f}–{hi:.0f} s" for t, lo, hi in spans) + ".")
+        if any(lo > 0 and hi / lo > 3 for _, lo, hi in spans):
+            w("It swings between a few seconds and about 40 s from run to run for either tool, with nothing else "
+              "running: writing the tree's 78,579 files is sometimes much slower in this VM's kernel, so the tree "
+              "restore figures say as much about the machine as about the tools.")
+        w("")
 
     # --- dump table
     w("## PostgreSQL dump, day 1 then day 2 (stdin)")
@@ -364,7 +380,7 @@ def main():
     w("")
     total = 0
     prep_built = int(linux.get("LINUX_PREP_SECONDS", 0) or 0) + int(pg.get("PG_PREP_SECONDS", 0) or 0)
-    for s in ("prepare", "restic", "palisade", "report"):
+    for s in ("prepare", "restic", "palisade"):
         if s in stages:
             secs = stages[s][0]
             note = ""
@@ -373,6 +389,8 @@ def main():
                         f"{human_secs(int(linux.get('LINUX_PREP_SECONDS', 0)))}, PostgreSQL load, update and two dumps "
                         f"{human_secs(int(pg.get('PG_PREP_SECONDS', 0)))}")
                 secs = prep_built
+            if s in stage_secs and stage_secs[s][2]:
+                note += f"; of which {human_secs(stage_secs[s][2])} waiting for other work on the machine to stop"
             w(f"- `{s}`: {human_secs(stages[s][0])} (finished {stages[s][1]}{note})")
             total += secs
     if total:

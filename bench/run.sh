@@ -31,6 +31,8 @@ BENCH_QUIET_MAX=${BENCH_QUIET_MAX:-600}
 BENCH_QUIET_CORES=${BENCH_QUIET_CORES:-0.25}
 REP=1
 DISTURBED=0
+QUIET_WAITED=0
+REP_DONE=0
 PG_TEXT_BYTES=${PG_TEXT_BYTES:-1300000000}
 BENCH_DOC=${BENCH_DOC:-$REPO_ROOT/docs/benchmarks.md}
 PGBIN=/usr/lib/postgresql/15/bin
@@ -264,12 +266,14 @@ wait_quiet() {
         busy=$(awk -v a="$busy" -v hz="$(getconf CLK_TCK)" '/^cpu / {printf "%.2f", ($2 + $3 + $4 + $7 + $8 - a) / hz / 2}' /proc/stat)
         if awk -v b="$busy" -v m="$BENCH_QUIET_CORES" 'BEGIN {exit !(b < m)}'; then
             ((waited == 0)) || log "  machine quiet after ${waited}s"
+            QUIET_WAITED=$((QUIET_WAITED + waited))
             return 0
         fi
         ((waited == 0)) && log "  machine busy (${busy} cores in use by others); waiting up to ${BENCH_QUIET_MAX}s"
         waited=$((waited + 2))
         if ((waited >= BENCH_QUIET_MAX)); then
             log "  WARNING: still busy (${busy} cores) after ${waited}s; measuring anyway"
+            QUIET_WAITED=$((QUIET_WAITED + waited))
             return 0
         fi
     done
@@ -488,6 +492,7 @@ run_tool() {
     rm -f "$RESULTS/$tool.tsv" "$RESULTS/$tool.errors.md" "$RESULTS/$tool".layout.*
     rm -rf "$SCRATCH"/restore-"$tool"-* "$RESTIC_CACHE_DIR"
     local stage_t0=$SECONDS
+    QUIET_WAITED=0
 
     local repo target clean=0
     for ((REP = 1; clean < BENCH_REPEAT && REP <= BENCH_MAX_RUNS; REP++)); do
@@ -527,6 +532,7 @@ run_tool() {
             clean=$((clean + 1))
         fi
     done
+    REP_DONE=$((REP - 1))
     REP=1
 
     # 3. palisade only: the 10 GiB stream, for peak memory
@@ -539,7 +545,7 @@ run_tool() {
         M_PRODUCER="$PYTHON $BENCH_SRC/gen_big.py $BENCH_BIG_SIZE" measure "$tool" big backup "$big_bytes" "$repo" -- "${CMD[@]}" || true
         rm -rf "$repo"
     fi
-    printf '%s\t%s\t%s\n' "$tool" "$((SECONDS - stage_t0))" "$(date -u +%FT%TZ)" >"$RESULTS/$tool.stage"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$tool" "$((SECONDS - stage_t0))" "$(date -u +%FT%TZ)" "$QUIET_WAITED" "$((REP_DONE))" >"$RESULTS/$tool.stage"
 }
 
 stage_restic() {

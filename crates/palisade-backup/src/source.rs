@@ -363,6 +363,40 @@ mod tests {
     }
 
     #[test]
+    fn a_file_that_vanishes_after_the_walk_is_recorded_as_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("stays"), "kept").unwrap();
+        std::fs::write(dir.path().join("goes"), "gone").unwrap();
+        let walked = WalkedDir::new(0, "site", dir.path().to_path_buf(), &[]).unwrap();
+        let source = DataSource {
+            parts: vec![Part::Walk(Box::new(walked))],
+            collector: Collector::default(),
+        };
+        let entries: Vec<_> = source.entries().collect::<RusticResult<_>>().unwrap();
+        std::fs::remove_file(dir.path().join("goes")).unwrap();
+
+        let mut opened = 0;
+        for entry in entries {
+            let Some(open) = entry.open else { continue };
+            if let Ok(mut reader) = open.open() {
+                std::io::copy(&mut reader, &mut std::io::sink()).unwrap();
+                opened += 1;
+            }
+        }
+        assert_eq!(opened, 1);
+        let (digests, skipped) = source.collector.take();
+        assert_eq!(digests.len(), 1);
+        assert_eq!(digests[0].relative, Path::new("stays"));
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0].1.path, "goes");
+        assert!(
+            skipped[0].1.reason.contains("cannot open"),
+            "{:?}",
+            skipped[0]
+        );
+    }
+
+    #[test]
     fn names_default_to_the_last_path_component() {
         let spec = SourceSpec::Directory {
             path: "/srv/app/uploads/".into(),
