@@ -36,7 +36,7 @@ REP_DONE=0
 PG_TEXT_BYTES=${PG_TEXT_BYTES:-1300000000}
 BENCH_DOC=${BENCH_DOC:-$REPO_ROOT/docs/benchmarks.md}
 PGBIN=/usr/lib/postgresql/15/bin
-LINUX_TARBALL_GLOB=/usr/src/linux-source-*.tar.xz
+LINUX_TARBALL_GLOB='/usr/src/linux-source-*.tar.xz'
 PYTHON=${PYTHON:-python3}
 
 INPUTS=$BENCH_DIR/inputs

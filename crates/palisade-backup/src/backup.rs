@@ -15,7 +15,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    Error, Repo, Result,
+    ChunkerOptions, Error, Repo, Result,
     catalog::{CATALOG_VERSION, Catalog, CatalogItem, ItemKind, manifest_line},
     hashing::Collector,
     source::{CatalogSource, DataSource, Part, ReadyFile, SourceSpec, WalkedDir, absolute},
@@ -99,47 +99,57 @@ pub fn backup(repo: &Repo, mut request: BackupRequest) -> Result<BackupReport> {
         parts.push(part);
     }
 
-    // Pass 1: the data items. The snapshot file is held back; only packs and index are written.
+    // Pass 1: the data items, directories with the repository's chunker and databases and
+    // dumps with the small one (see `ChunkerOptions::dumps`). Snapshot files are held back;
+    // only packs and index files are written.
     let hold = HoldSnapshots::new(repo);
-    let indexed = repo.indexed_ids()?;
     let snap = SnapshotFile::from_options(&snapshot_options(&request)?)
         .map_err(|err| Error::repo("preparing the snapshot", err))?;
     let paths: Vec<PathBuf> = specs.iter().map(|(spec, _)| display_path(spec)).collect();
-    let source = DataSource {
-        parts,
-        collector: collector.clone(),
-    };
-    let data_snap = indexed
-        .archive(&archive_options(), &source, snap.clone(), &paths)
-        .map_err(|err| Error::repo("backing up", err))?;
+    let (dirs, files): (Vec<Part>, Vec<Part>) =
+        parts.into_iter().partition(|p| matches!(p, Part::Walk(_)));
+    let mut passes = Vec::new();
+    for (parts, chunker) in [(dirs, None), (files, Some(ChunkerOptions::dumps()))] {
+        if parts.is_empty() {
+            continue;
+        }
+        let handle = match chunker {
+            None => repo.indexed_ids()?,
+            Some(chunker) => repo.indexed_ids_chunked(chunker)?,
+        };
+        let source = DataSource {
+            parts,
+            collector: collector.clone(),
+        };
+        let pass = handle
+            .archive(&archive_options(), &source, snap.clone(), &paths)
+            .map_err(|err| Error::repo("backing up", err))?;
+        passes.push(pass);
+    }
     drop(scratch);
 
     // Pass 2: the catalog, built from what pass 1 actually read.
     let catalog = build_catalog(items, &collector, request.job.clone())?;
     let bytes = serde_json::to_vec_pretty(&catalog).expect("the catalog serialises");
-    let catalog_snap = indexed
-        .archive(
-            &archive_options(),
-            &CatalogSource { bytes },
-            snap,
-            &[PathBuf::from(crate::catalog::CATALOG_PATH)],
-        )
+    let catalog_pass = repo
+        .indexed_ids()?
+        .archive(&archive_options(), &CatalogSource { bytes }, snap, &paths)
         .map_err(|err| Error::repo("storing the catalog", err))?;
+    passes.push(catalog_pass);
 
-    // Join both trees and write the one snapshot that points at them.
+    // Join the trees and write the one snapshot that points at them.
     let indexed = repo.indexed_ids()?;
-    let mut summary = data_snap.summary.clone().unwrap_or_default();
-    add_summary(&mut summary, catalog_snap.summary.as_ref());
+    let mut summary = SnapshotSummary::default();
+    for pass in &passes {
+        add_summary(&mut summary, pass.summary.as_ref());
+    }
+    let trees: Vec<_> = passes.iter().map(|pass| pass.tree).collect();
     let mut merged = SnapshotSummary::default();
     let tree = indexed
-        .merge_trees(
-            &[data_snap.tree, catalog_snap.tree],
-            &|_, _| Ordering::Equal,
-            &mut merged,
-        )
+        .merge_trees(&trees, &|_, _| Ordering::Equal, &mut merged)
         .map_err(|err| Error::repo("joining the snapshot tree", err))?;
     add_tree_blobs(&mut summary, &merged);
-    let mut final_snap = data_snap;
+    let mut final_snap = passes.swap_remove(0);
     final_snap.tree = tree;
     final_snap.summary = Some(summary.clone());
     let time = final_snap.time.timestamp().to_string();
@@ -409,10 +419,20 @@ fn build_catalog(
     })
 }
 
-/// Adds the catalog pass's counts to the data pass's.
+/// Adds one pass's counts to the total; the first pass gives the start time, the last the end.
 fn add_summary(total: &mut SnapshotSummary, other: Option<&SnapshotSummary>) {
     let Some(other) = other else { return };
+    if total.total_files_processed == 0 && total.total_dirs_processed == 0 {
+        total.backup_start = other.backup_start.clone();
+        total.command = other.command.clone();
+    }
+    total.backup_end = other.backup_end.clone();
+    total.backup_duration += other.backup_duration;
+    total.total_duration += other.total_duration;
     total.files_new += other.files_new;
+    total.total_dirs_processed += other.total_dirs_processed;
+    total.total_dirsize_processed += other.total_dirsize_processed;
+    total.dirs_new += other.dirs_new;
     total.total_files_processed += other.total_files_processed;
     total.total_bytes_processed += other.total_bytes_processed;
     add_tree_blobs(total, other);

@@ -19,12 +19,13 @@ use serde::Serialize;
 
 use crate::{Error, Result};
 
-/// Chunking that Palisade sets on the repositories it creates.
+/// How content is cut into chunks and compressed.
 ///
-/// Restic's default cuts chunks of 512 KiB to 8 MiB (1 MiB on average). Database dumps change a
-/// few rows a day, and each changed row costs one whole chunk, so Palisade cuts smaller ones:
-/// see `docs/design.md` for the measurements behind these numbers. Restic reads repositories
-/// with any chunk sizes.
+/// A repository stores one setting, used for directories: restic's own sizes by default (512 KiB
+/// to 8 MiB, 1 MiB on average), which keep the number of chunks low. Databases and dumps are cut
+/// with [`ChunkerOptions::dumps`] instead: a day's changes touch a few rows, each changed row
+/// costs one whole chunk, and small chunks make the second day cheap. `docs/defaults.md` gives
+/// the measurements. restic reads chunks of any size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkerOptions {
     /// Average chunk size in bytes; a power of two.
@@ -40,11 +41,32 @@ pub struct ChunkerOptions {
 impl Default for ChunkerOptions {
     fn default() -> Self {
         Self {
+            average: 1024 * 1024,
+            min: 512 * 1024,
+            max: 8 * 1024 * 1024,
+            compression: 3,
+        }
+    }
+}
+
+impl ChunkerOptions {
+    /// The chunking for database copies and dump streams.
+    pub fn dumps() -> Self {
+        Self {
             average: 32 * 1024,
             min: 8 * 1024,
             max: 256 * 1024,
             compression: 3,
         }
+    }
+
+    fn config_options(self) -> ConfigOptions {
+        ConfigOptions::default()
+            .set_chunker(rustic_core::repofile::Chunker::Rabin)
+            .set_chunk_size(bytesize::ByteSize(self.average))
+            .set_chunk_min_size(bytesize::ByteSize(self.min))
+            .set_chunk_max_size(bytesize::ByteSize(self.max))
+            .set_compression(self.compression)
     }
 }
 
@@ -119,12 +141,14 @@ impl Drop for Password {
 
 /// The backend every Palisade repository is used through.
 ///
-/// It forwards to the real backend, and can hold back the writing of snapshot files so that a
-/// backup made of several archive passes becomes visible only once, when it is complete.
+/// It forwards to the real backend, and can hold back the writing of snapshot files (so that a
+/// backup made of several archive passes becomes visible only once, when it is complete) and of
+/// the config file (so that a handle can use another chunker than the stored one).
 #[derive(Debug)]
 pub(crate) struct PalisadeBackend {
     inner: Arc<dyn WriteBackend>,
     hold_snapshots: AtomicBool,
+    hold_config: AtomicBool,
     last_snapshot: std::sync::Mutex<Option<Id>>,
 }
 
@@ -133,8 +157,15 @@ impl PalisadeBackend {
         Self {
             inner,
             hold_snapshots: AtomicBool::new(false),
+            hold_config: AtomicBool::new(false),
             last_snapshot: std::sync::Mutex::new(None),
         }
+    }
+
+    /// While `hold` is true, the config file is not written: a handle can then change its
+    /// in-memory settings (the chunker) without changing the repository's.
+    pub(crate) fn hold_config(&self, hold: bool) {
+        self.hold_config.store(hold, Ordering::SeqCst);
     }
 
     /// The id of the last snapshot file written through this backend.
@@ -200,6 +231,9 @@ impl WriteBackend for PalisadeBackend {
         cacheable: bool,
         content: BytesList,
     ) -> RusticResult<()> {
+        if tpe == FileType::Config && self.hold_config.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         if tpe == FileType::Snapshot {
             if self.hold_snapshots.load(Ordering::SeqCst) {
                 return Ok(());
@@ -313,12 +347,7 @@ impl Repo {
             });
         }
         let (backends, backend) = backends(&location)?;
-        let config = ConfigOptions::default()
-            .set_chunker(rustic_core::repofile::Chunker::Rabin)
-            .set_chunk_size(bytesize::ByteSize(chunker.average))
-            .set_chunk_min_size(bytesize::ByteSize(chunker.min))
-            .set_chunk_max_size(bytesize::ByteSize(chunker.max))
-            .set_compression(chunker.compression);
+        let config = chunker.config_options();
         let inner = repository(&backends, &bars)?
             .init(&password.credentials(), &key_options(), &config)
             .map_err(|err| Error::repo("creating the repository", err))?;
@@ -381,6 +410,22 @@ impl Repo {
     /// Loads the index of blob ids: enough to back up.
     pub(crate) fn indexed_ids(&self) -> Result<Repository<IndexedIdsStatus>> {
         self.reopen()?
+            .to_indexed_ids()
+            .map_err(|err| Error::repo("reading the repository index", err))
+    }
+
+    /// Like [`Self::indexed_ids`], but the handle cuts chunks as `chunker` says. The setting
+    /// lives only in this handle's memory: the config file in the repository is not changed.
+    pub(crate) fn indexed_ids_chunked(
+        &self,
+        chunker: ChunkerOptions,
+    ) -> Result<Repository<IndexedIdsStatus>> {
+        let mut handle = self.reopen()?;
+        self.backend.hold_config(true);
+        let applied = handle.apply_config(&chunker.config_options());
+        self.backend.hold_config(false);
+        applied.map_err(|err| Error::repo("choosing the chunker", err))?;
+        handle
             .to_indexed_ids()
             .map_err(|err| Error::repo("reading the repository index", err))
     }
