@@ -13,6 +13,7 @@ use rustic_core::{
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::os::unix::fs::OpenOptionsExt;
 
 use crate::{
     ChunkerOptions, Error, Repo, Result,
@@ -320,11 +321,17 @@ fn directory_root(path: &Path) -> Result<PathBuf> {
 /// recorded with size 0 as empty.
 fn spool(input: Stream, name: &str, temp_root: &Path) -> Result<(tempfile::TempDir, PathBuf)> {
     let dir = tempfile::Builder::new()
+        .permissions(crate::sqlite::private_dir())
         .prefix("palisade-stream-")
         .tempdir_in(temp_root)
         .map_err(|err| Error::io(temp_root, err))?;
     let file = dir.path().join(name);
-    let mut out = std::fs::File::create(&file).map_err(|err| Error::io(&file, err))?;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&file)
+        .map_err(|err| Error::io(&file, err))?;
     // std::io::copy between a pipe and a file lets the kernel move the bytes (splice).
     let copied = match input {
         Stream::Stdin => std::io::copy(&mut std::io::stdin().lock(), &mut out),

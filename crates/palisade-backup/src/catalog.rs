@@ -92,8 +92,16 @@ pub struct Catalog {
 impl Catalog {
     /// Finds an item by name or by its path in the snapshot.
     pub fn item(&self, name: &str) -> Option<&CatalogItem> {
+        self.items_named(name).into_iter().next()
+    }
+
+    /// Every item whose name or snapshot path is `name` (a name can recur across kinds).
+    pub fn items_named(&self, name: &str) -> Vec<&CatalogItem> {
         let name = name.trim_matches('/');
-        self.items.iter().find(|i| i.name == name || i.path == name)
+        if let Some(item) = self.items.iter().find(|i| i.path == name) {
+            return vec![item];
+        }
+        self.items.iter().filter(|i| i.name == name).collect()
     }
 
     /// Number of entries skipped across all items.

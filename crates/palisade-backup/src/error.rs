@@ -14,6 +14,10 @@ pub enum Error {
     #[error("wrong password or key file for repository {repo}; nothing was written")]
     WrongPassword { repo: String },
 
+    /// A password file or variable holds nothing but white space.
+    #[error("the password in {origin} is empty; put the password (or a long random key) in it")]
+    EmptyPassword { origin: String },
+
     /// The repository location holds no restic/Palisade repository.
     #[error(
         "no repository at {repo}; create one with `palisade init --repo {repo}` or point --repo \
@@ -69,6 +73,10 @@ pub enum Error {
     /// The catalog exists but cannot be parsed.
     #[error("the catalog of snapshot {id} is unreadable: {reason}")]
     BadCatalog { id: String, reason: String },
+
+    /// `--include` named more than one item.
+    #[error("`{item}` names several items ({paths}); give the item's path instead")]
+    AmbiguousItem { item: String, paths: String },
 
     /// `--include` named nothing in the snapshot.
     #[error("snapshot {id} has no item `{item}`; `palisade ls {id}` lists its items")]

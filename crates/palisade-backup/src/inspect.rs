@@ -43,17 +43,33 @@ pub fn check(repo: &Repo, read_data: ReadData) -> Result<CheckReport> {
             .read_data(true)
             .read_data_subset(ReadSubsetOption::Percentage(p)),
     };
-    let results = repo
-        .reopen()?
-        .check(opts)
-        .map_err(|err| Error::repo("checking the repository", err))?;
+    let handle = repo.reopen()?;
+    // rustic_core's checker can panic in its worker threads on damaged trees; that is a finding
+    // about the repository, reported as such, not a crash.
+    let outcome = {
+        let _quiet = crate::restore::QuietEnginePanics::start();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle.check(opts)))
+    };
+    let results = match outcome {
+        Ok(results) => results.map_err(|err| Error::repo("checking the repository", err))?,
+        Err(_) => {
+            return Ok(CheckReport {
+                errors: vec![
+                    "the checker stopped on damaged repository data (a tree or index it could \
+                     not decode); `palisade check --read-data` names damaged packs"
+                        .into(),
+                ],
+                warnings: Vec::new(),
+            });
+        }
+    };
     let mut report = CheckReport {
         errors: Vec::new(),
         warnings: Vec::new(),
     };
     for (level, problem) in &results.0 {
         // The level type is not exported by rustic_core; its Debug form names it.
-        let text = full_ids(&problem.to_string(), &format!("{problem:?}"));
+        let text = full_ids(&condense(&problem.to_string()), &format!("{problem:?}"));
         if format!("{level:?}") == "Warn" {
             report.warnings.push(text);
         } else {
@@ -61,6 +77,27 @@ pub fn check(repo: &Repo, read_data: ReadData) -> Result<CheckReport> {
         }
     }
     Ok(report)
+}
+
+/// rustic_core's messages run over many lines (kind, message, context, links); keep the first
+/// line and the message, and point at restic's commands rather than rustic's.
+fn condense(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let first = lines.first().copied().unwrap_or_default();
+    let message = lines
+        .iter()
+        .position(|l| *l == "Message:")
+        .and_then(|at| lines.get(at + 1));
+    let line = match (message, first.split_once(" : ")) {
+        (Some(message), Some((head, _))) => format!("{head}: {message}"),
+        (Some(message), None) => format!("{first} {message}"),
+        (None, _) => first.to_string(),
+    };
+    line.replace("'rustic repair index'", "`restic prune`")
 }
 
 /// rustic_core's messages shorten ids to 8 hex digits; put back the full ids found in the
@@ -153,6 +190,16 @@ pub fn stats(repo: &Repo) -> Result<Stats> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn long_engine_messages_become_one_line() {
+        let text = "error checking pack 92cd5c56 : `rustic_core` experienced an error.\n\n\
+                    Message:\nData decryption failed, MAC check failed.\n\nContext:\n- nonce";
+        assert_eq!(
+            super::condense(text),
+            "error checking pack 92cd5c56: Data decryption failed, MAC check failed."
+        );
+    }
+
     #[test]
     fn short_ids_are_expanded_from_the_debug_form() {
         let full = "92cd5c56960f1e6a174f7e8b001cdf4a64ab036023ecf41ec4d51d449ab89f35";

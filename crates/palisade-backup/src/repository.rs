@@ -103,16 +103,31 @@ impl fmt::Display for Location {
 pub struct Password(String);
 
 impl Password {
-    /// Wraps a password read from a file or the environment.
-    pub fn new(text: String) -> Self {
-        Self(text)
+    /// Wraps a password given in the environment; refuses an empty one.
+    pub fn new(text: String) -> Result<Self> {
+        if text.is_empty() {
+            return Err(Error::EmptyPassword {
+                origin: "the password variable".into(),
+            });
+        }
+        Ok(Self(text))
     }
 
-    /// Reads the first line of a password file (the way restic does).
+    /// Reads a password file as restic does: the whole file, without leading and trailing
+    /// white space (so that restic opens every repository Palisade creates). An empty password
+    /// is refused.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|err| Error::io(path, err))?;
-        let line = text.lines().next().unwrap_or_default().to_string();
-        Ok(Self(line))
+        let trimmed = text.trim().to_string();
+        let mut bytes = text.into_bytes();
+        bytes.fill(0);
+        std::hint::black_box(&bytes);
+        if trimmed.is_empty() {
+            return Err(Error::EmptyPassword {
+                origin: path.display().to_string(),
+            });
+        }
+        Ok(Self(trimmed))
     }
 
     fn credentials(&self) -> Credentials {

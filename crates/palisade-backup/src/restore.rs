@@ -170,7 +170,15 @@ fn groups<'a>(
         return Ok(groups);
     }
     for name in include {
-        if let Some(item) = catalog.item(name) {
+        let named = catalog.items_named(name);
+        if named.len() > 1 {
+            let paths: Vec<_> = named.iter().map(|i| i.path.as_str()).collect();
+            return Err(Error::AmbiguousItem {
+                item: name.clone(),
+                paths: paths.join(", "),
+            });
+        }
+        if let Some(item) = named.first() {
             groups.push(Group {
                 path: item.path.clone(),
                 item: Some(item),
@@ -329,22 +337,25 @@ fn restore_entries(
     };
     match outcome {
         Ok(result) => result,
-        Err(panic) => Err(format!(
-            "the repository data for it could not be read ({}); run `palisade check \
-             --read-data` to find the damaged pack",
-            panic_text(&panic)
-        )),
+        Err(panic) => {
+            log::debug!("restore failed inside rustic_core: {}", panic_text(&panic));
+            Err(
+                "its data could not be read from the repository (missing or damaged pack); \
+                 run `palisade check --read-data` to find the damaged pack"
+                    .into(),
+            )
+        }
     }
 }
 
 /// While at least one of these lives, panics raised inside rustic_core print nothing (the
 /// restore reports them as one line); every other panic prints as usual.
-struct QuietEnginePanics;
+pub(crate) struct QuietEnginePanics;
 
 static QUIET_RESTORES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl QuietEnginePanics {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         static INSTALL: std::sync::Once = std::sync::Once::new();
         INSTALL.call_once(|| {
             let previous = std::panic::take_hook();

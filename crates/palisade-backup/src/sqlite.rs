@@ -42,10 +42,28 @@ impl SqliteCopy {
     }
 }
 
+/// Permissions for scratch directories: the owner only.
+pub(crate) fn private_dir() -> std::fs::Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::Permissions::from_mode(0o700)
+}
+
 /// Fails with a clear error unless `path` is an SQLite 3 database file; returns whether the
 /// database is in WAL mode (header bytes 18 and 19 are 2).
 pub fn ensure_sqlite(path: &Path) -> Result<bool> {
     let mut header = [0u8; 20];
+    let kind = std::fs::metadata(path).map_err(|err| Error::BadSource {
+        path: path.into(),
+        reason: format!("cannot read it: {err}"),
+    })?;
+    if !kind.is_file() {
+        return Err(Error::BadSource {
+            path: path.into(),
+            reason: "not a regular file; pass the database file itself to --sqlite (a folder \
+                     goes to --dir)"
+                .into(),
+        });
+    }
     let mut file = std::fs::File::open(path).map_err(|err| Error::BadSource {
         path: path.into(),
         reason: format!("cannot open the database file: {err}"),
@@ -85,6 +103,7 @@ pub fn copy_online(path: &Path, name: &str, temp_root: &Path) -> Result<SqliteCo
     source.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_err)?;
 
     let dir = tempfile::Builder::new()
+        .permissions(private_dir())
         .prefix("palisade-sqlite-")
         .tempdir_in(temp_root)
         .map_err(|err| Error::io(temp_root, err))?;

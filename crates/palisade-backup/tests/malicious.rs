@@ -161,7 +161,7 @@ impl Harness {
         };
         Repo::init(
             harness.location(),
-            Password::new(PASSWORD.into()),
+            Password::new(PASSWORD.into()).expect("a password"),
             ChunkerOptions::default(),
             Arc::new(NoProgressBars),
         )?;
@@ -183,7 +183,7 @@ impl Harness {
     fn open(&self) -> TestResult<Repo> {
         Ok(Repo::open(
             self.location(),
-            Password::new(PASSWORD.into()),
+            Password::new(PASSWORD.into()).expect("a password"),
             Arc::new(NoProgressBars),
         )?)
     }

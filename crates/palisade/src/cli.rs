@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand};
 #[command(name = "palisade", version, propagate_version = true)]
 #[command(
     after_help = "Exit codes: 0 success, 1 failure, 2 bad usage, 3 partial (some files \
-                        could not be read and were left out)."
+                  could not be read and were left out), 128+N stopped by signal N (130 for \
+                  Ctrl-C)."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -45,7 +46,8 @@ pub struct Global {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// Print only errors.
+    /// Print only errors and what a listing command (snapshots, ls, stats, key list) was asked
+    /// for.
     #[arg(long, short, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 

@@ -82,7 +82,7 @@ impl Session {
             return read_password_file(path);
         }
         if let Ok(text) = std::env::var("PALISADE_PASSWORD") {
-            return Ok(Password::new(text));
+            return Ok(Password::new(text)?);
         }
         match job_file.or(self.config.password_file.as_ref()) {
             Some(path) => read_password_file(path),
@@ -253,7 +253,7 @@ impl Session {
 
     fn snapshots(&self) -> Result<Outcome> {
         let snaps = palisade_backup::snapshots(&self.open()?)?;
-        self.print(&snaps, |snaps| {
+        self.list(&snaps, |snaps| {
             let mut out = format!(
                 "{:<8}  {:<19}  {:<12}  {:<10}  {:>10}  paths\n",
                 "id", "time", "host", "job", "size"
@@ -278,7 +278,7 @@ impl Session {
         let repo = self.open()?;
         if args.tree {
             let entries = palisade_backup::tree(&repo, &args.snapshot)?;
-            return self.print(&entries, |entries| {
+            return self.list(&entries, |entries| {
                 entries
                     .iter()
                     .map(|e| format!("{:<8} {:>12}  {}", e.kind, e.size, e.path))
@@ -287,7 +287,7 @@ impl Session {
             });
         }
         let catalog = palisade_backup::catalog(&repo, &args.snapshot)?;
-        self.print(&catalog, |catalog| {
+        self.list(&catalog, |catalog| {
             let mut out = String::new();
             for item in &catalog.items {
                 let detail = match &item.tables {
@@ -366,7 +366,7 @@ impl Session {
 
     fn stats(&self) -> Result<Outcome> {
         let stats = palisade_backup::stats(&self.open()?)?;
-        self.print(&stats, |s| {
+        self.list(&stats, |s| {
             format!(
                 "snapshots:          {}\ntotal restore size: {}\nunique data:        {}\n\
                  stored (packs):     {}\nstored (all files): {}\ndata blobs:         {}\n\
@@ -390,7 +390,7 @@ impl Session {
             id: String,
         }
         match command {
-            KeyCommand::List => self.print(&repo.keys()?, |keys| {
+            KeyCommand::List => self.list(&repo.keys()?, |keys| {
                 keys.iter()
                     .map(|k| {
                         format!(
@@ -425,11 +425,22 @@ impl Session {
         }
     }
 
-    /// Prints `value` as JSON with `--json`, else as `human` renders it (nothing with `-q`).
+    /// Prints a command's report as JSON with `--json`, else as `human` renders it (nothing
+    /// with `-q`).
     fn print<T: Serialize>(&self, value: &T, human: impl FnOnce(&T) -> String) -> Result<Outcome> {
         if self.global.json {
             print_json(value)?;
         } else if !self.global.quiet {
+            println!("{}", human(value));
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// Prints what a listing command was asked for; `-q` does not hide it.
+    fn list<T: Serialize>(&self, value: &T, human: impl FnOnce(&T) -> String) -> Result<Outcome> {
+        if self.global.json {
+            print_json(value)?;
+        } else {
             println!("{}", human(value));
         }
         Ok(Outcome::Done)
@@ -466,7 +477,7 @@ fn new_password(args: &NewPassword) -> Result<Password> {
         return read_password_file(path);
     }
     match std::env::var("PALISADE_NEW_PASSWORD") {
-        Ok(text) => Ok(Password::new(text)),
+        Ok(text) => Ok(Password::new(text)?),
         Err(_) => bail!(
             "no new password given: pass --new-password-file FILE or set PALISADE_NEW_PASSWORD"
         ),

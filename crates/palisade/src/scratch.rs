@@ -19,6 +19,7 @@ impl Scratch {
     /// Creates the directory and arranges for it to be removed if a signal ends the process.
     pub fn new(root: &Path) -> Result<Self> {
         let dir = tempfile::Builder::new()
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .prefix("palisade-run-")
             .tempdir_in(root)
             .with_context(|| format!("cannot create a scratch directory in {}", root.display()))?;

@@ -240,3 +240,88 @@ fn an_interrupted_backup_removes_its_scratch_files_and_saves_nothing() {
     assert!(scratch().is_empty(), "left behind: {:?}", scratch());
     assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn an_empty_password_file_is_refused() {
+    let env = Env::new();
+    let empty = env.path("empty");
+    std::fs::write(&empty, "  \n").unwrap();
+    let out = env.palisade_with_key(&empty).arg("init").output().unwrap();
+    assert_status(&out, 1, "init with an empty password");
+    assert!(stderr(&out).contains("is empty"), "{}", stderr(&out));
+    assert!(!env.repo.exists(), "a repository was created");
+}
+
+#[test]
+fn a_password_file_is_read_as_restic_reads_it() {
+    // Trailing white space is not part of the password, for Palisade as for restic.
+    let env = Env::new();
+    std::fs::write(&env.key, "secret with spaces inside  \n\n").unwrap();
+    env.ok(&["init"]);
+    env.restic(&["snapshots"]);
+}
+
+#[test]
+fn a_directory_or_fifo_given_as_sqlite_is_named() {
+    let env = Env::init();
+    let out = env.expect(&["backup", "--sqlite", env.dir.path().to_str().unwrap()], 1);
+    assert!(
+        stderr(&out).contains("not a regular file"),
+        "{}",
+        stderr(&out)
+    );
+    let fifo = env.path("pipe");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = env.expect(&["backup", "--sqlite", fifo.to_str().unwrap()], 1);
+    assert!(
+        stderr(&out).contains("not a regular file"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn scratch_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::init();
+    let mut child = env
+        .palisade()
+        .args(["backup", "--stdin", "--name", "private.sql"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, b"secret rows").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let spooled = loop {
+        let found = walk(env.dir.path())
+            .into_iter()
+            .find(|p| p.ends_with("private.sql"));
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no spooled file appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&spooled), 0o600);
+    for dir in spooled.ancestors().skip(1).take(2) {
+        assert_eq!(mode(dir), 0o700, "{}", dir.display());
+    }
+    drop(stdin);
+    assert_status(
+        &child.wait_with_output().unwrap(),
+        0,
+        "backup of the stream",
+    );
+}

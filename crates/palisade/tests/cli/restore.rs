@@ -94,3 +94,52 @@ fn a_file_as_target_is_refused() {
     let out = env.expect(&["restore", &id, "--target", file.to_str().unwrap()], 1);
     assert!(stderr(&out).contains("not a directory"), "{}", stderr(&out));
 }
+
+#[test]
+fn an_ambiguous_item_name_is_refused() {
+    let env = Env::init();
+    let db = env.path("app.db");
+    std::fs::copy(chinook(), &db).unwrap();
+    let mut child = env
+        .palisade()
+        .args([
+            "backup",
+            "--sqlite",
+            db.to_str().unwrap(),
+            "--stdin",
+            "--name",
+            "app.db",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"dump").unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    let target = env.path("out");
+    let out = env.expect(
+        &[
+            "restore",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+            "--include",
+            "app.db",
+        ],
+        1,
+    );
+    assert!(
+        stderr(&out).contains("databases/app.db, dumps/app.db"),
+        "{}",
+        stderr(&out)
+    );
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--include",
+        "dumps/app.db",
+    ]);
+    assert_eq!(std::fs::read(target.join("dumps/app.db")).unwrap(), b"dump");
+}
