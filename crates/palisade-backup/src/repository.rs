@@ -302,6 +302,13 @@ pub struct KeyInfo {
 
 fn backends(location: &Location) -> Result<(RepositoryBackends, Arc<PalisadeBackend>)> {
     let inner: Arc<dyn WriteBackend> = match location {
+        Location::Local(path) if path.exists() && !path.is_dir() => {
+            return Err(Error::BadSource {
+                path: path.clone(),
+                reason: "this is a file; a local repository is a directory (pass --repo DIR)"
+                    .into(),
+            });
+        }
         Location::Local(path) => {
             let text = path.to_string_lossy();
             Arc::new(
@@ -474,7 +481,10 @@ impl Repo {
                 current: current.as_deref() == Some(&*id.to_hex()),
                 username: file.username.unwrap_or_default(),
                 hostname: file.hostname.unwrap_or_default(),
-                created: file.created.map(|t| t.to_string()).unwrap_or_default(),
+                created: file
+                    .created
+                    .map(|t| t.timestamp().to_string())
+                    .unwrap_or_default(),
             });
         }
         keys.sort_by(|a, b| a.created.cmp(&b.created));

@@ -79,7 +79,9 @@ pub(crate) fn validate_name(name: &str) -> Result<String> {
         "" => Err(bad("it is empty")),
         "." | ".." => Err(bad("it is a relative path component")),
         _ if name.contains('/') => Err(bad("it contains `/`; use a plain name")),
-        _ if name.contains('\0') => Err(bad("it contains a NUL byte")),
+        _ if name.chars().any(char::is_control) => Err(bad(
+            "it contains a control character (a newline, say); give the item a plain name",
+        )),
         _ => Ok(name.to_string()),
     }
 }
@@ -356,7 +358,7 @@ mod tests {
 
     #[test]
     fn names_must_be_one_plain_component() {
-        for bad in ["", ".", "..", "a/b", "nul\0"] {
+        for bad in ["", ".", "..", "a/b", "nul\0", "new\nline"] {
             assert!(validate_name(bad).is_err(), "{bad:?} was accepted");
         }
         assert_eq!(validate_name("app.sql").unwrap(), "app.sql");

@@ -141,6 +141,11 @@ impl Session {
             return self.report_backups(&[report]);
         }
         let jobs: Vec<_> = match &args.job {
+            Some(_) if self.config.jobs.is_empty() => bail!(
+                "no jobs to choose from: {} does not exist or defines no [[jobs]]; see the \
+                 README's config file section",
+                self.global.config.display()
+            ),
             Some(name) => vec![self.config.job(name)?.clone()],
             None if self.config.jobs.is_empty() => bail!(
                 "nothing to back up: pass --sqlite FILE, --dir DIR or --stdin --name NAME, or \
@@ -370,7 +375,7 @@ impl Session {
             format!(
                 "snapshots:          {}\ntotal restore size: {}\nunique data:        {}\n\
                  stored (packs):     {}\nstored (all files): {}\ndata blobs:         {}\n\
-                 tree blobs:         {}\ndeduplication:      {:.2}x",
+                 tree blobs:         {}\nrestore size/stored: {:.2}x (deduplication and compression)",
                 s.snapshots,
                 ByteSize(s.total_restore_size).display().iec(),
                 ByteSize(s.unique_data).display().iec(),
