@@ -123,14 +123,17 @@ pub fn run(dir: &Path, global: &Global) -> Result<Outcome> {
     if global.json {
         crate::commands::print_json(&report)?;
     }
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("palisade"));
     say(format!(
-        "\nnext, from {}:\n  palisade snapshots                    list snapshots\n  \
+        "\nnext, from {} (palisade is {}; `cargo install --path crates/palisade` puts it on \
+         your PATH):\n  palisade snapshots                    list snapshots\n  \
          palisade ls latest                    the catalog: items, sizes, hashes, row counts\n  \
          palisade check --read-data            re-read and verify every pack\n  \
          palisade backup                       run every job in palisade.toml again\n  \
          palisade restore latest --target DIR  restore into DIR\n  \
          restic -r repo --password-file palisade.key snapshots   the same repository, read by restic",
-        dir.display()
+        dir.display(),
+        exe.display()
     ));
     Ok(if report.is_partial() {
         Outcome::Partial
