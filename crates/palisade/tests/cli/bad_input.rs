@@ -205,15 +205,7 @@ fn a_password_on_the_command_line_is_not_accepted() {
 #[test]
 fn an_interrupted_backup_removes_its_scratch_files_and_saves_nothing() {
     let env = Env::init();
-    let mut child = env
-        .palisade()
-        .args(["backup", "--stdin", "--name", "slow.sql"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    std::io::Write::write_all(&mut stdin, &vec![b'x'; 1 << 20]).unwrap();
+    let (child, stdin) = env.start_stream("slow.sql", &vec![b'x'; 1 << 20]);
     // The stream is being spooled: its scratch directory exists.
     let scratch = || -> Vec<_> {
         std::fs::read_dir(env.dir.path())
@@ -222,14 +214,9 @@ fn an_interrupted_backup_removes_its_scratch_files_and_saves_nothing() {
             .filter(|n| n.starts_with("palisade-run-"))
             .collect()
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while scratch().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no scratch directory appeared"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("a scratch directory", || {
+        (!scratch().is_empty()).then_some(())
+    });
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -290,29 +277,12 @@ fn a_directory_or_fifo_given_as_sqlite_is_named() {
 fn scratch_files_are_private() {
     use std::os::unix::fs::PermissionsExt;
     let env = Env::init();
-    let mut child = env
-        .palisade()
-        .args(["backup", "--stdin", "--name", "private.sql"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    std::io::Write::write_all(&mut stdin, b"secret rows").unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let spooled = loop {
-        let found = walk(env.dir.path())
+    let (child, stdin) = env.start_stream("private.sql", b"secret rows");
+    let spooled = wait_for("the spooled stream", || {
+        walk(env.dir.path())
             .into_iter()
-            .find(|p| p.ends_with("private.sql"));
-        if let Some(found) = found {
-            break found;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no spooled file appeared"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+            .find(|p| p.ends_with("private.sql"))
+    });
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&spooled), 0o600);
     for dir in spooled.ancestors().skip(1).take(2) {

@@ -123,6 +123,25 @@ impl Env {
         reports[0].clone()
     }
 
+    /// Starts `palisade backup --stdin --name NAME`, writes `first` to it and leaves the pipe
+    /// open, so that the backup waits in its spooling step.
+    pub fn start_stream(
+        &self,
+        name: &str,
+        first: &[u8],
+    ) -> (std::process::Child, std::process::ChildStdin) {
+        let mut child = self
+            .palisade()
+            .args(["backup", "--stdin", "--name", name])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        std::io::Write::write_all(&mut stdin, first).unwrap();
+        (child, stdin)
+    }
+
     /// Restores `snapshot` into a fresh folder `name` and returns its path.
     pub fn restore(&self, snapshot: &str, name: &str) -> PathBuf {
         let target = self.path(name);
@@ -278,4 +297,19 @@ pub fn item<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Va
 
 pub fn snapshot_id(report: &serde_json::Value) -> String {
     report["snapshot"].as_str().unwrap().to_string()
+}
+
+/// Polls `found` every 20 ms until it gives a value; fails after 30 s, saying `what` never came.
+pub fn wait_for<T>(what: &str, mut found: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(value) = found() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} never appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
