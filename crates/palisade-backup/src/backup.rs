@@ -374,10 +374,11 @@ fn add_tag(options: SnapshotOptions, tag: &str) -> Result<SnapshotOptions> {
 
 /// No parent: every source is read in full, so the catalog hashes what was really read and a
 /// stream is never taken for unchanged. Unchanged data still deduplicates against the index.
+/// rustic_core sizes the source up front (for the progress bar's total) only when a bar shows.
 fn archive_options() -> BackupOptions {
     BackupOptions::default()
         .parent_opts(ParentOptions::default().force(true))
-        .no_scan(true)
+        .no_scan(false)
 }
 
 /// Fills sizes and hashes into the catalog items from what the readers recorded.
