@@ -74,6 +74,13 @@ pub enum Error {
     #[error("the catalog of snapshot {id} is unreadable: {reason}")]
     BadCatalog { id: String, reason: String },
 
+    /// A `--read-data-subset` value in none of restic's forms.
+    #[error(
+        "`{value}` is not a subset; give a percentage above 0 and at most 100 (10 or 10%), \
+         n/m to read the n-th of m parts (1/5), or a size (500M)"
+    )]
+    BadSubset { value: String },
+
     /// `--include` named more than one item.
     #[error("`{item}` names several items ({paths}); give the item's path instead")]
     AmbiguousItem { item: String, paths: String },

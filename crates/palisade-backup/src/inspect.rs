@@ -8,14 +8,41 @@ use serde::Serialize;
 use crate::{Error, Repo, Result};
 
 /// How much pack data `check` reads back and verifies.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy)]
 pub enum ReadData {
     /// Structure only: index, snapshots and trees.
     None,
     /// Every pack.
     All,
-    /// A random share of packs, in percent (0–100].
-    Percent(f64),
+    /// Some packs, as restic's `--read-data-subset` chooses them.
+    Subset(ReadSubsetOption),
+}
+
+impl ReadData {
+    /// Parses a subset as restic writes it: a percentage (`10` or `10%`), `n/m` (the n-th of m
+    /// parts, so that m runs cover every pack) or a size (`500M`).
+    pub fn subset(text: &str) -> Result<Self> {
+        let text = text.trim();
+        let bad = || Error::BadSubset { value: text.into() };
+        let number = text.strip_suffix('%').unwrap_or(text);
+        if let Ok(percent) = number.parse::<f64>() {
+            return if percent > 0.0 && percent <= 100.0 {
+                Ok(Self::Subset(ReadSubsetOption::Percentage(percent)))
+            } else {
+                Err(bad())
+            };
+        }
+        // rustic_core takes any n of n/m modulo m; restic wants 1 <= n <= m, and so does this.
+        if let Some((n, m)) = text.split_once('/')
+            && let (Ok(n), Ok(m)) = (n.parse::<u32>(), m.parse::<u32>())
+            && (n == 0 || n > m)
+        {
+            return Err(bad());
+        }
+        text.parse::<ReadSubsetOption>()
+            .map(Self::Subset)
+            .map_err(|_| bad())
+    }
 }
 
 /// The outcome of `check`.
@@ -39,9 +66,9 @@ pub fn check(repo: &Repo, read_data: ReadData) -> Result<CheckReport> {
     let opts = match read_data {
         ReadData::None => CheckOptions::default(),
         ReadData::All => CheckOptions::default().read_data(true),
-        ReadData::Percent(p) => CheckOptions::default()
+        ReadData::Subset(subset) => CheckOptions::default()
             .read_data(true)
-            .read_data_subset(ReadSubsetOption::Percentage(p)),
+            .read_data_subset(subset),
     };
     let handle = repo.reopen()?;
     // rustic_core's checker can panic in its worker threads on damaged trees; that is a finding
@@ -190,6 +217,18 @@ pub fn stats(repo: &Repo) -> Result<Stats> {
 
 #[cfg(test)]
 mod tests {
+    use super::ReadData;
+
+    #[test]
+    fn subsets_are_read_as_restic_writes_them() {
+        for good in ["10", "10%", "0.5%", "100", "1/5", "5/5", "500M"] {
+            assert!(ReadData::subset(good).is_ok(), "{good}");
+        }
+        for bad in ["0", "150", "-3%", "abc", "6/5", ""] {
+            assert!(ReadData::subset(bad).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn long_engine_messages_become_one_line() {
         let text = "error checking pack 92cd5c56 : `rustic_core` experienced an error.\n\n\

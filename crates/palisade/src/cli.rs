@@ -149,9 +149,10 @@ pub struct CheckArgs {
     /// Re-read and verify every pack.
     #[arg(long, conflicts_with = "read_data_subset")]
     pub read_data: bool,
-    /// Re-read and verify a random share of packs, in percent.
-    #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
-    pub read_data_subset: Option<f64>,
+    /// Re-read and verify some packs: a percentage (10 or 10%), n/m for the n-th of m parts
+    /// (1/5 on five days covers everything), or a size (500M).
+    #[arg(long, value_name = "SUBSET", value_parser = parse_subset)]
+    pub read_data_subset: Option<palisade_backup::ReadData>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -183,16 +184,6 @@ pub struct QuickstartArgs {
     pub dir: PathBuf,
 }
 
-fn parse_percent(text: &str) -> Result<f64, String> {
-    let value: f64 = text
-        .trim_end_matches('%')
-        .parse()
-        .map_err(|_| format!("`{text}` is not a number; give a percentage such as 10"))?;
-    if value > 0.0 && value <= 100.0 {
-        Ok(value)
-    } else {
-        Err(format!(
-            "{value} is out of range; give a percentage above 0 and at most 100"
-        ))
-    }
+fn parse_subset(text: &str) -> Result<palisade_backup::ReadData, String> {
+    palisade_backup::ReadData::subset(text).map_err(|err| err.to_string())
 }

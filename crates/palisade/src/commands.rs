@@ -343,7 +343,7 @@ impl Session {
     fn check(&self, args: &CheckArgs) -> Result<Outcome> {
         let read = match (args.read_data, args.read_data_subset) {
             (true, _) => ReadData::All,
-            (false, Some(p)) => ReadData::Percent(p),
+            (false, Some(subset)) => subset,
             (false, None) => ReadData::None,
         };
         let report = palisade_backup::check(&self.open()?, read)?;
