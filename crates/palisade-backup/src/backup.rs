@@ -344,10 +344,13 @@ fn spool(input: Stream, name: &str, temp_root: &Path) -> Result<(tempfile::TempD
     Ok((dir, file))
 }
 
+/// The source path recorded in the snapshot: resolved (no `..`, no links) when it exists.
 fn display_path(spec: &SourceSpec) -> PathBuf {
     match spec {
         SourceSpec::Sqlite { path, .. } | SourceSpec::Directory { path, .. } => {
-            absolute(path).unwrap_or_else(|_| path.clone())
+            std::fs::canonicalize(path)
+                .or_else(|_| absolute(path))
+                .unwrap_or_else(|_| path.clone())
         }
         SourceSpec::Stream { .. } => PathBuf::from("stdin"),
     }
