@@ -109,40 +109,52 @@ pub fn backup(repo: &Repo, mut request: BackupRequest) -> Result<BackupReport> {
     let paths: Vec<PathBuf> = specs.iter().map(|(spec, _)| display_path(spec)).collect();
     let (dirs, files): (Vec<Part>, Vec<Part>) =
         parts.into_iter().partition(|p| matches!(p, Part::Walk(_)));
+    let plain = repo.indexed_ids()?;
     let mut passes = Vec::new();
     for (parts, chunker) in [(dirs, None), (files, Some(ChunkerOptions::dumps()))] {
         if parts.is_empty() {
             continue;
         }
-        let handle = match chunker {
-            None => repo.indexed_ids()?,
-            Some(chunker) => repo.indexed_ids_chunked(chunker)?,
-        };
         let source = DataSource {
             parts,
             collector: collector.clone(),
         };
-        let pass = handle
-            .archive(&archive_options(), &source, snap.clone(), &paths)
-            .map_err(|err| Error::repo("backing up", err))?;
-        passes.push(pass);
+        let pass = match chunker {
+            None => plain.archive(&archive_options(), &source, snap.clone(), &paths),
+            Some(chunker) => repo.indexed_ids_chunked(chunker)?.archive(
+                &archive_options(),
+                &source,
+                snap.clone(),
+                &paths,
+            ),
+        };
+        passes.push(pass.map_err(|err| Error::repo("backing up", err))?);
     }
     drop(scratch);
 
     // Pass 2: the catalog, built from what pass 1 actually read.
     let catalog = build_catalog(items, &collector, request.job.clone())?;
     let bytes = serde_json::to_vec_pretty(&catalog).expect("the catalog serialises");
-    let catalog_pass = repo
-        .indexed_ids()?
+    let catalog_pass = plain
         .archive(&archive_options(), &CatalogSource { bytes }, snap, &paths)
         .map_err(|err| Error::repo("storing the catalog", err))?;
     passes.push(catalog_pass);
+    drop(plain);
 
-    // Join the trees and write the one snapshot that points at them.
+    // Join the trees (a fresh index sees the trees just written) and write the one snapshot
+    // that points at them.
     let indexed = repo.indexed_ids()?;
     let mut summary = SnapshotSummary::default();
     for pass in &passes {
         add_summary(&mut summary, pass.summary.as_ref());
+    }
+    if let (Some(Some(first)), Some(Some(last))) = (
+        passes.first().map(|p| p.summary.as_ref()),
+        passes.last().map(|p| p.summary.as_ref()),
+    ) {
+        summary.backup_start = first.backup_start.clone();
+        summary.command = first.command.clone();
+        summary.backup_end = last.backup_end.clone();
     }
     let trees: Vec<_> = passes.iter().map(|pass| pass.tree).collect();
     let mut merged = SnapshotSummary::default();
@@ -320,11 +332,7 @@ fn directory_root(path: &Path) -> Result<PathBuf> {
 /// archived: restic's tree format records each file's size up front, and restic restores a file
 /// recorded with size 0 as empty.
 fn spool(input: Stream, name: &str, temp_root: &Path) -> Result<(tempfile::TempDir, PathBuf)> {
-    let dir = tempfile::Builder::new()
-        .permissions(crate::sqlite::private_dir())
-        .prefix("palisade-stream-")
-        .tempdir_in(temp_root)
-        .map_err(|err| Error::io(temp_root, err))?;
+    let dir = crate::sqlite::private_tempdir("palisade-stream-", temp_root)?;
     let file = dir.path().join(name);
     let mut out = std::fs::OpenOptions::new()
         .write(true)
@@ -430,14 +438,9 @@ fn build_catalog(
     })
 }
 
-/// Adds one pass's counts to the total; the first pass gives the start time, the last the end.
+/// Adds one pass's counts to the total.
 fn add_summary(total: &mut SnapshotSummary, other: Option<&SnapshotSummary>) {
     let Some(other) = other else { return };
-    if total.total_files_processed == 0 && total.total_dirs_processed == 0 {
-        total.backup_start = other.backup_start.clone();
-        total.command = other.command.clone();
-    }
-    total.backup_end = other.backup_end.clone();
     total.backup_duration += other.backup_duration;
     total.total_duration += other.total_duration;
     total.files_new += other.files_new;

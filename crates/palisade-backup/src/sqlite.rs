@@ -42,10 +42,15 @@ impl SqliteCopy {
     }
 }
 
-/// Permissions for scratch directories: the owner only.
-pub(crate) fn private_dir() -> std::fs::Permissions {
+/// A fresh scratch directory under `root` that only its owner can enter (mode 0700), removed
+/// when the returned value is dropped.
+pub(crate) fn private_tempdir(prefix: &str, root: &Path) -> Result<tempfile::TempDir> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::Permissions::from_mode(0o700)
+    tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .prefix(prefix)
+        .tempdir_in(root)
+        .map_err(|err| Error::io(root, err))
 }
 
 /// Fails with a clear error unless `path` is an SQLite 3 database file; returns whether the
@@ -102,11 +107,7 @@ pub fn copy_online(path: &Path, name: &str, temp_root: &Path) -> Result<SqliteCo
     .map_err(sqlite_err)?;
     source.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_err)?;
 
-    let dir = tempfile::Builder::new()
-        .permissions(private_dir())
-        .prefix("palisade-sqlite-")
-        .tempdir_in(temp_root)
-        .map_err(|err| Error::io(temp_root, err))?;
+    let dir = private_tempdir("palisade-sqlite-", temp_root)?;
     let file = dir.path().join(name);
     let not_a_database = |err: rusqlite::Error| match err {
         rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::NotADatabase => {
