@@ -25,6 +25,10 @@ pub enum Error {
     )]
     NotARepository { repo: String },
 
+    /// S3 storage refused or failed a request; the text says how to fix it.
+    #[error(transparent)]
+    Storage(#[from] palisade_s3::Error),
+
     /// `init` was asked to create a repository where one already exists.
     #[error("a repository already exists at {repo}; use it as it is, or choose an empty location")]
     AlreadyInitialised { repo: String },
@@ -164,6 +168,15 @@ impl Error {
 
 /// Renders a rustic_core error as one line, without its report-a-bug boilerplate.
 fn describe(err: &RusticError) -> String {
+    // A storage failure already says what is wrong and how to fix it; rustic's wrapping
+    // around it would only hide that sentence.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(storage) = cause.downcast_ref::<palisade_s3::Error>() {
+            return storage.to_string();
+        }
+        source = cause.source();
+    }
     let text = err.display_log();
     text.lines()
         .map(str::trim)

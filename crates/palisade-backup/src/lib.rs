@@ -21,7 +21,7 @@ pub use crate::{
     catalog::{CATALOG_PATH, Catalog, CatalogItem, ItemKind},
     error::{Error, Result},
     inspect::{CheckReport, ReadData, Stats, check, stats},
-    repository::{ChunkerOptions, KeyInfo, Location, Password, Repo},
+    repository::{ChunkerOptions, KeyInfo, Location, Password, Repo, S3Repository},
     restore::{RestoreReport, RestoreRequest, restore},
     snapshot::{SnapshotInfo, TreeEntry, catalog, snapshots, tree},
     source::SourceSpec,

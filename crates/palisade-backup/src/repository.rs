@@ -9,6 +9,7 @@ use std::{
     },
 };
 
+use palisade_s3::{S3Backend, S3Location, S3Options};
 use rustic_backend::LocalBackend;
 use rustic_core::{
     BytesList, ConfigOptions, Credentials, FileType, Id, IndexedIdsStatus, KeyOptions, OpenStatus,
@@ -71,15 +72,32 @@ impl ChunkerOptions {
 }
 
 /// Where a repository lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Location {
     /// A directory on a local file system.
     Local(PathBuf),
+    /// A bucket and prefix on S3-compatible storage, with the settings to reach it.
+    S3(Box<S3Repository>),
+}
+
+/// An S3 repository: where it is and how to reach it.
+#[derive(Debug, Clone)]
+pub struct S3Repository {
+    /// Endpoint, bucket and prefix.
+    pub location: S3Location,
+    /// Region, encryption, storage class, concurrency, timeouts and retries.
+    pub options: S3Options,
 }
 
 impl Location {
     /// Parses a `--repo` value.
     pub fn parse(text: &str) -> Result<Self> {
+        if S3Location::is_s3(text) {
+            return Ok(Self::S3(Box::new(S3Repository {
+                location: S3Location::parse(text)?,
+                options: S3Options::default(),
+            })));
+        }
         let text = text.strip_prefix("local:").unwrap_or(text);
         if text.is_empty() {
             return Err(Error::BadSource {
@@ -95,6 +113,7 @@ impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Local(path) => write!(f, "{}", path.display()),
+            Self::S3(s3) => write!(f, "{}", s3.location),
         }
     }
 }
@@ -316,6 +335,7 @@ fn backends(location: &Location) -> Result<(RepositoryBackends, Arc<PalisadeBack
                     .map_err(|err| Error::repo("opening the local repository", err))?,
             )
         }
+        Location::S3(s3) => Arc::new(S3Backend::new(&s3.location, &s3.options)?),
     };
     let backend = Arc::new(PalisadeBackend::new(inner));
     let dyn_backend: Arc<dyn WriteBackend> = backend.clone();
@@ -361,14 +381,21 @@ impl Repo {
         bars: Arc<dyn ProgressBars>,
     ) -> Result<Self> {
         let bars = SharedBars(bars);
-        if let Location::Local(path) = &location
-            && path.join("config").exists()
-        {
+        let (backends, backend) = backends(&location)?;
+        if let Location::S3(_) = &location {
+            // The bucket must exist: `palisade bucket setup` makes it the safe way.
+            backend
+                .create()
+                .map_err(|err| Error::repo("checking the bucket", err))?;
+        }
+        let existing = backend
+            .list(FileType::Config)
+            .map_err(|err| Error::repo("looking for an existing repository", err))?;
+        if !existing.is_empty() {
             return Err(Error::AlreadyInitialised {
                 repo: location.to_string(),
             });
         }
-        let (backends, backend) = backends(&location)?;
         let config = chunker.config_options();
         let inner = repository(&backends, &bars)?
             .init(&password.credentials(), &key_options(), &config)

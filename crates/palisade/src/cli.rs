@@ -24,7 +24,8 @@ pub struct Cli {
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub struct Global {
-    /// Repository location (a directory); overrides the config file.
+    /// Repository location: a directory, or s3:https://HOST/BUCKET/PREFIX or s3:BUCKET/PREFIX
+    /// (AWS); overrides the config file.
     #[arg(long, short = 'r', global = true, env = "PALISADE_REPOSITORY")]
     pub repo: Option<String>,
 
@@ -75,8 +76,37 @@ pub enum Command {
     /// Manage the repository's keys (passwords).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Set up, audit or print IAM policies for the repository's S3 bucket.
+    #[command(subcommand)]
+    Bucket(BucketCommand),
+    /// Validate the config file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Try Palisade on a demo application: back up, restore and verify, with no server needed.
     Quickstart(QuickstartArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BucketCommand {
+    /// Create the bucket (or adopt an existing one) and apply the [bucket] settings: default
+    /// encryption, versioning, public access block, TLS-only policy, lifecycle rules and
+    /// object lock. Running it again changes nothing.
+    Setup,
+    /// Compare the bucket's settings with [bucket] (ok / drift / missing); exit 1 on any drift.
+    Check,
+    /// Print a least-privilege IAM policy for one role.
+    Policy {
+        /// writer (the application host: put and read, never delete), pruner (also deletes
+        /// old objects) or admin (also runs `bucket setup`).
+        #[arg(long, value_name = "ROLE")]
+        role: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Read the whole config file and report the first mistake with its line.
+    Check,
 }
 
 #[derive(Debug, Args)]

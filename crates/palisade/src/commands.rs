@@ -13,8 +13,11 @@ use rustic_core::ProgressBars;
 use serde::Serialize;
 
 use crate::{
-    Outcome,
-    cli::{BackupArgs, CheckArgs, Cli, Command, Global, InitArgs, KeyCommand, LsArgs, NewPassword},
+    Outcome, bucket,
+    cli::{
+        BackupArgs, BucketCommand, CheckArgs, Cli, Command, ConfigCommand, Global, InitArgs,
+        KeyCommand, LsArgs, NewPassword,
+    },
     config::Config,
     progress, quickstart,
 };
@@ -24,6 +27,9 @@ pub fn run(cli: Cli) -> Result<Outcome> {
     let global = cli.global;
     if let Command::Quickstart(args) = &cli.command {
         return quickstart::run(&args.dir, &global);
+    }
+    if let Command::Config(ConfigCommand::Check) = &cli.command {
+        return check_config(&global);
     }
     let config = Config::load(&global.config, config_named(&global))?;
     let ctx = Session::new(global, config);
@@ -36,8 +42,45 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Check(args) => ctx.check(&args),
         Command::Stats => ctx.stats(),
         Command::Key(command) => ctx.key(command),
-        Command::Quickstart(_) => unreachable!("handled above"),
+        Command::Bucket(command) => ctx.bucket(command),
+        Command::Quickstart(_) | Command::Config(_) => unreachable!("handled above"),
     }
+}
+
+/// `config check`: the file must exist; every mistake is reported with its line.
+fn check_config(global: &Global) -> Result<Outcome> {
+    let config = Config::load(&global.config, true)?;
+    #[derive(Serialize)]
+    struct Summary<'a> {
+        config: String,
+        valid: bool,
+        repository: Option<&'a str>,
+        jobs: Vec<&'a str>,
+        bucket_section: bool,
+    }
+    let summary = Summary {
+        config: global.config.display().to_string(),
+        valid: true,
+        repository: config.repository_location(),
+        jobs: config.jobs.iter().map(|job| job.name.as_str()).collect(),
+        bucket_section: config.bucket.is_some(),
+    };
+    if global.json {
+        print_json(&summary)?;
+    } else if !global.quiet {
+        println!(
+            "{} is valid: repository {}, {} job(s){}",
+            summary.config,
+            summary.repository.unwrap_or("(none)"),
+            summary.jobs.len(),
+            if summary.bucket_section {
+                ", [bucket] settings"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(Outcome::Done)
 }
 
 /// A config file given explicitly must exist; the default `palisade.toml` is optional.
@@ -68,12 +111,16 @@ impl Session {
             .repo
             .as_deref()
             .or(job_repo)
-            .or(self.config.repository.as_deref())
+            .or(self.config.repository_location())
             .context(
                 "no repository given: pass --repo DIR, set PALISADE_REPOSITORY, or set \
                  `repository` in palisade.toml",
             )?;
-        Ok(Location::parse(text)?)
+        let mut location = Location::parse(text)?;
+        if let Location::S3(s3) = &mut location {
+            s3.options = self.config.s3_options();
+        }
+        Ok(location)
     }
 
     /// The password: `--password-file`, then PALISADE_PASSWORD, then the config's file.
@@ -99,6 +146,17 @@ impl Session {
             self.password(None)?,
             self.bars.clone(),
         )?)
+    }
+
+    fn bucket(&self, command: BucketCommand) -> Result<Outcome> {
+        let location = self.location(None)?;
+        let spec = self.config.bucket.clone().unwrap_or_default();
+        let (json, quiet) = (self.global.json, self.global.quiet);
+        match command {
+            BucketCommand::Setup => bucket::setup(location, &spec, json, quiet),
+            BucketCommand::Check => bucket::check(location, &spec, json, quiet),
+            BucketCommand::Policy { role } => bucket::policy(location, &role),
+        }
     }
 
     fn init(&self, args: &InitArgs) -> Result<Outcome> {

@@ -1,20 +1,25 @@
-//! The `palisade.toml` config file: the default repository and the backup jobs.
+//! The `palisade.toml` config file: the default repository and its S3 settings, bucket setup,
+//! and the backup jobs.
 //!
 //! Relative paths in the file are taken relative to the file's own folder, so a config works
-//! the same from any working directory.
+//! the same from any working directory. Every mistake is reported with the line it is on.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use palisade_backup::SourceSpec;
+use palisade_s3::{BucketSpec, S3Options};
 use serde::Deserialize;
 
 /// The whole config file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Default repository for every job.
-    pub repository: Option<String>,
+    /// Default repository for every job: `repository = "DIR-OR-URL"`, or a `[repository]`
+    /// table with `location` and `[repository.s3]` settings.
+    pub repository: Option<RepositoryConfig>,
+    /// How `palisade bucket setup` sets the S3 bucket up, and what `bucket check` expects.
+    pub bucket: Option<BucketSpec>,
     /// File whose first line is the repository password.
     pub password_file: Option<PathBuf>,
     /// Where database copies and streams wait while they are archived (default: the system's
@@ -23,6 +28,54 @@ pub struct Config {
     /// Backup jobs.
     #[serde(default)]
     pub jobs: Vec<Job>,
+}
+
+/// The `[repository]` table (a plain string is read as its `location`).
+#[derive(Debug, Default, Clone)]
+pub struct RepositoryConfig {
+    /// Directory or `s3:` URL.
+    pub location: Option<String>,
+    /// How to reach an S3 repository; used for every `s3:` location, the jobs' included.
+    pub s3: S3Options,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RepositoryTable {
+    location: Option<String>,
+    #[serde(default)]
+    s3: S3Options,
+}
+
+impl<'de> Deserialize<'de> for RepositoryConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RepositoryConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a location string or a [repository] table")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(RepositoryConfig {
+                    location: Some(text.to_string()),
+                    s3: S3Options::default(),
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let table = RepositoryTable::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(RepositoryConfig {
+                    location: table.location,
+                    s3: table.s3,
+                })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// One backup job.
@@ -73,8 +126,26 @@ impl Config {
             .with_context(|| format!("config {} is not valid", path.display()))?;
         let base = path.parent().unwrap_or(Path::new(""));
         config.resolve(base);
-        config.validate(path)?;
+        config
+            .validate(&text)
+            .map_err(|(line, message)| match line {
+                Some(line) => anyhow::anyhow!("config {} line {line}: {message}", path.display()),
+                None => anyhow::anyhow!("config {}: {message}", path.display()),
+            })?;
         Ok(config)
+    }
+
+    /// The default repository location, if the file names one.
+    pub fn repository_location(&self) -> Option<&str> {
+        self.repository.as_ref()?.location.as_deref()
+    }
+
+    /// The S3 settings for `s3:` locations (the defaults when the file has none).
+    pub fn s3_options(&self) -> S3Options {
+        self.repository
+            .as_ref()
+            .map(|repo| repo.s3.clone())
+            .unwrap_or_default()
     }
 
     fn resolve(&mut self, base: &Path) {
@@ -85,7 +156,7 @@ impl Config {
         };
         self.password_file.as_mut().map(fix);
         self.temp_dir.as_mut().map(fix);
-        if let Some(repo) = &mut self.repository {
+        if let Some(repo) = self.repository.as_mut().and_then(|r| r.location.as_mut()) {
             *repo = resolve_repo(repo, base);
         }
         for job in &mut self.jobs {
@@ -100,37 +171,80 @@ impl Config {
         }
     }
 
-    fn validate(&self, path: &Path) -> Result<()> {
+    /// Checks what the file's syntax cannot: each error comes with the line it is on.
+    fn validate(&self, text: &str) -> std::result::Result<(), (Option<usize>, String)> {
+        if let Some(repo) = &self.repository {
+            if let Some(location) = &repo.location {
+                palisade_backup::Location::parse(location).map_err(|err| {
+                    (
+                        line_of(text, "repository", 0, "location")
+                            .or_else(|| line_of(text, "", 0, "repository")),
+                        err.to_string(),
+                    )
+                })?;
+            }
+            repo.s3.validate().map_err(|err| {
+                let key = match &err {
+                    palisade_s3::Error::BadSetting { setting, .. } => setting.clone(),
+                    _ => String::new(),
+                };
+                (
+                    line_of(text, "repository.s3", 0, &key)
+                        .or_else(|| line_of(text, "repository.s3", 0, "")),
+                    err.to_string(),
+                )
+            })?;
+        }
+        if let Some(bucket) = &self.bucket {
+            bucket
+                .validate()
+                .map_err(|err| (line_of(text, "bucket", 0, ""), err.to_string()))?;
+        }
         let mut names = std::collections::HashSet::new();
-        for job in &self.jobs {
+        for (index, job) in self.jobs.iter().enumerate() {
+            let at = |key: &str| {
+                line_of(text, "jobs", index, key).or_else(|| line_of(text, "jobs", index, ""))
+            };
             if !names.insert(job.name.as_str()) {
-                bail!(
-                    "config {}: two jobs are named `{}`; job names must be unique",
-                    path.display(),
-                    job.name
-                );
+                return Err((
+                    at("name"),
+                    format!(
+                        "two jobs are named `{}`; job names must be unique",
+                        job.name
+                    ),
+                ));
             }
             if job.sources.is_empty() {
-                bail!(
-                    "config {}: job `{}` has no sources; add `sources = [{{ sqlite = \"app.db\" }}]` or similar",
-                    path.display(),
-                    job.name
-                );
+                return Err((
+                    at("sources"),
+                    format!(
+                        "job `{}` has no sources; add `sources = [{{ sqlite = \"app.db\" }}]` or similar",
+                        job.name
+                    ),
+                ));
+            }
+            if let Some(location) = &job.repository {
+                palisade_backup::Location::parse(location)
+                    .map_err(|err| (at("repository"), err.to_string()))?;
             }
             for source in &job.sources {
                 if source.sqlite.is_some() == source.dir.is_some() {
-                    bail!(
-                        "config {}: each source of job `{}` needs exactly one of `sqlite` or `dir`",
-                        path.display(),
-                        job.name
-                    );
+                    return Err((
+                        at("sources"),
+                        format!(
+                            "each source of job `{}` needs exactly one of `sqlite` or `dir`",
+                            job.name
+                        ),
+                    ));
                 }
                 if source.sqlite.is_some() && !source.exclude.is_empty() {
-                    bail!(
-                        "config {}: `exclude` only applies to `dir` sources (job `{}`)",
-                        path.display(),
-                        job.name
-                    );
+                    return Err((
+                        at("sources"),
+                        format!(
+                            "`exclude` only applies to `dir` sources (job `{}`)",
+                            job.name
+                        ),
+                    ));
                 }
             }
         }
@@ -173,6 +287,44 @@ impl Job {
     }
 }
 
+/// The 1-based line of `key = ...` in the `nth` table called `section` (`""` for the top
+/// level; `nth` counts `[[section]]` entries); with an empty `key`, the table's header line.
+fn line_of(text: &str, section: &str, nth: usize, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    let mut seen: Option<usize> = None;
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            let name = header
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim();
+            current = name.to_string();
+            if current == section {
+                seen = Some(seen.map_or(0, |n| n + 1));
+                if key.is_empty() && seen == Some(nth) {
+                    return Some(number + 1);
+                }
+            }
+            continue;
+        }
+        let in_section = if section.is_empty() {
+            current.is_empty()
+        } else {
+            current == section && seen == Some(nth)
+        };
+        if in_section && !key.is_empty() {
+            let name = line.split('=').next().unwrap_or("").trim();
+            if name == key {
+                return Some(number + 1);
+            }
+        }
+    }
+    None
+}
+
 /// Local repository paths in the config are relative to the config file.
 fn resolve_repo(repo: &str, base: &Path) -> String {
     let path = Path::new(repo.strip_prefix("local:").unwrap_or(repo));
@@ -200,7 +352,7 @@ mod tests {
             "repository = \"repo\"\n[[jobs]]\nname = \"app\"\nsources = [{ sqlite = \"app.db\" }, { dir = \"/srv/up\", exclude = [\"*.tmp\"] }]\n",
         )
         .unwrap();
-        assert!(Path::new(config.repository.as_deref().unwrap()).is_absolute());
+        assert!(Path::new(config.repository_location().unwrap()).is_absolute());
         let specs = config.job("app").unwrap().specs();
         assert!(matches!(&specs[0], SourceSpec::Sqlite { path, .. } if path.is_absolute()));
         assert!(
@@ -218,5 +370,41 @@ mod tests {
         let err = parse("[[jobs]]\nname = \"a\"\nsources = []\n").unwrap_err();
         assert!(format!("{err:#}").contains("no sources"), "{err:#}");
         assert!(parse("").unwrap().job("x").is_err());
+    }
+
+    #[test]
+    fn repository_table_and_s3_settings() {
+        let config = parse(
+            "[repository]\nlocation = \"s3:https://s3.example.net/backups/app\"\n[repository.s3]\nregion = \"eu-west-1\"\nstorage_class = \"STANDARD_IA\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.repository_location(),
+            Some("s3:https://s3.example.net/backups/app")
+        );
+        assert_eq!(config.s3_options().region.as_deref(), Some("eu-west-1"));
+    }
+
+    #[test]
+    fn errors_point_at_the_line() {
+        let err = parse("[repository]\nlocation = \"s3:x\"\n\n[repository.s3]\nregion = \"eu\"\nencryption = \"aws:kms\"\n")
+            .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("line 2") && text.contains("not a valid bucket"),
+            "{text}"
+        );
+        let err = parse("[repository]\nlocation = \"s3:bucket-ok\"\n\n[repository.s3]\nregion = \"eu\"\nencryption = \"aws:kms\"\n")
+            .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("line 4") && text.contains("kms_key_id"),
+            "{text}"
+        );
+        let err = parse("[[jobs]]\nname = \"a\"\nsources = [{ sqlite = \"x\" }]\n[[jobs]]\nname = \"a\"\nsources = [{ sqlite = \"y\" }]\n")
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("line 5"), "{err:#}");
+        let err = parse("[repository.s3]\nconnections = \"many\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("line 2"), "{err:#}");
     }
 }

@@ -1,6 +1,7 @@
 //! The `palisade` binary: parses the command line, runs the command, maps the outcome to an exit
 //! code (0 ok, 1 failed, 2 bad usage, 3 partial).
 
+mod bucket;
 mod cli;
 mod commands;
 mod config;
@@ -19,6 +20,9 @@ pub enum Outcome {
     Done,
     /// Done, but some entries could not be read and were left out.
     Partial,
+    /// The command ran and printed its report, and the report is a failure (a bucket that
+    /// drifted from its settings, say).
+    Failed,
 }
 
 fn main() -> ExitCode {
@@ -27,6 +31,7 @@ fn main() -> ExitCode {
     match commands::run(cli) {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::Partial) => ExitCode::from(3),
+        Ok(Outcome::Failed) => ExitCode::FAILURE,
         Err(err) => {
             eprintln!("palisade: {}", render(&err));
             ExitCode::FAILURE

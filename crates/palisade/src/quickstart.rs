@@ -52,8 +52,7 @@ pub fn run(dir: &Path, global: &Global) -> Result<Outcome> {
     let job = config.job("app")?.clone();
     let location = Location::parse(
         config
-            .repository
-            .as_deref()
+            .repository_location()
             .context("config has no repository")?,
     )?;
     let key = config

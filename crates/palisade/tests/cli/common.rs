@@ -20,26 +20,124 @@ pub fn chinook() -> PathBuf {
     shared_data().join("chinook/Chinook_Sqlite.sqlite")
 }
 
+/// Where a test's repository lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A directory in the test's temp dir.
+    Local,
+    /// A bucket on a private moto server.
+    S3,
+}
+
+/// The secret key the S3 tests use: it must never show up in any output.
+pub const S3_SECRET: &str = "test-secret-never-printed-7f3a9c";
+
+/// A test's own moto server, the bucket and prefix its repository is under.
+pub struct S3Repo {
+    pub moto: crate::s3support::Moto,
+    pub bucket: String,
+    pub prefix: String,
+}
+
 /// A test's own folder, password and repository.
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// The local repository's directory (unused on S3).
     pub repo: PathBuf,
     pub key: PathBuf,
+    /// What `--repo` gets.
+    pub location: String,
+    pub s3: Option<S3Repo>,
+}
+
+/// Generates `NAME::local` and `NAME::s3` tests from one body that takes the backend.
+macro_rules! on_local_and_s3 {
+    ($(#[$meta:meta])* fn $name:ident($backend:ident) $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn run($backend: $crate::common::Backend) $body
+
+            #[test]
+            fn local() {
+                run($crate::common::Backend::Local)
+            }
+
+            #[test]
+            fn s3() {
+                run($crate::common::Backend::S3)
+            }
+        }
+    };
+}
+
+/// Sets the AWS environment for a test's S3 server on `cmd`, and nothing from the host's.
+pub fn aws_env(cmd: &mut Command, dir: &Path) {
+    for (name, _) in std::env::vars() {
+        if name.starts_with("AWS_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            dir.join("no-aws-credentials"),
+        );
 }
 
 impl Env {
     /// A folder with a key file; no repository yet.
     pub fn new() -> Self {
+        Self::new_on(Backend::Local)
+    }
+
+    /// A folder with a key file; on S3, a moto server with an empty bucket. No repository yet.
+    pub fn new_on(backend: Backend) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let key = dir.path().join("key");
         std::fs::write(&key, "correct horse battery staple\n").unwrap();
         let repo = dir.path().join("repo");
-        Self { dir, repo, key }
+        let (location, s3) = match backend {
+            Backend::Local => (repo.to_string_lossy().into_owned(), None),
+            Backend::S3 => {
+                let moto = crate::s3support::Moto::start();
+                let bucket = "palisade-test".to_string();
+                moto.create_bucket(&bucket);
+                let prefix = "app/repo".to_string();
+                let location = format!("s3:{}/{bucket}/{prefix}", moto.endpoint);
+                (
+                    location,
+                    Some(S3Repo {
+                        moto,
+                        bucket,
+                        prefix,
+                    }),
+                )
+            }
+        };
+        Self {
+            dir,
+            repo,
+            key,
+            location,
+            s3,
+        }
     }
 
     /// A folder with a key file and an initialised repository.
     pub fn init() -> Self {
-        let env = Self::new();
+        Self::init_on(Backend::Local)
+    }
+
+    /// [`Env::new_on`] plus `palisade init`.
+    pub fn init_on(backend: Backend) -> Self {
+        let env = Self::new_on(backend);
         env.ok(&["init"]);
         env
     }
@@ -61,9 +159,10 @@ impl Env {
                 cmd.env_remove(name);
             }
         }
+        aws_env(&mut cmd, self.dir.path());
         cmd.current_dir(self.dir.path())
             .arg("--repo")
-            .arg(&self.repo)
+            .arg(&self.location)
             .arg("--password-file")
             .arg(key)
             .env("TMPDIR", self.dir.path())
@@ -151,9 +250,11 @@ impl Env {
 
     /// `restic` on this env's repository.
     pub fn restic(&self, args: &[&str]) -> Output {
-        let out = Command::new("restic")
+        let mut cmd = Command::new("restic");
+        aws_env(&mut cmd, self.dir.path());
+        let out = cmd
             .arg("-r")
-            .arg(&self.repo)
+            .arg(&self.location)
             .arg("--password-file")
             .arg(&self.key)
             .arg("--no-cache")
@@ -166,6 +267,18 @@ impl Env {
 
     /// Every file below the repository with its size, for before/after comparisons.
     pub fn repo_files(&self) -> BTreeMap<PathBuf, u64> {
+        if let Some(s3) = &self.s3 {
+            let prefix = format!("{}/", s3.prefix);
+            return s3
+                .moto
+                .list_keys(&s3.bucket, &prefix)
+                .into_iter()
+                .map(|key| {
+                    let size = s3.moto.head(&s3.bucket, &key).map_or(0, |head| head.size);
+                    (PathBuf::from(key), size)
+                })
+                .collect();
+        }
         walk(&self.repo)
             .into_iter()
             .filter(|p| p.is_file())
@@ -312,4 +425,19 @@ pub fn wait_for<T>(what: &str, mut found: impl FnMut() -> Option<T>) -> T {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// Deterministic, poorly compressible bytes.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
 }

@@ -1,9 +1,12 @@
 //! End-to-end tests of the `palisade` binary on real data, real SQLite and Debian's restic.
 
 mod bad_input;
+#[macro_use]
 mod common;
 mod compat;
 mod jobs;
 mod restore;
 mod roundtrip;
+mod s3;
+mod s3support;
 mod streams;

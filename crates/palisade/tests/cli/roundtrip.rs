@@ -14,86 +14,88 @@ use std::{
 
 use crate::common::*;
 
-#[test]
-fn chinook_restores_byte_identical_with_sqlite3_row_counts_in_the_catalog() {
-    let env = Env::init();
-    let report = env.backup(&["--sqlite", chinook().to_str().unwrap()]);
-    let db = item(&report, "Chinook_Sqlite.sqlite");
+on_local_and_s3! {
+    fn chinook_restores_byte_identical_with_sqlite3_row_counts_in_the_catalog(backend) {
+        let env = Env::init_on(backend);
+        let report = env.backup(&["--sqlite", chinook().to_str().unwrap()]);
+        let db = item(&report, "Chinook_Sqlite.sqlite");
 
-    let counts: std::collections::BTreeMap<String, u64> =
-        serde_json::from_value(db["tables"].clone()).unwrap();
-    assert_eq!(counts, sqlite3_counts(&chinook()));
-    assert_eq!(counts["Track"], 3503, "Chinook has 3503 tracks");
+        let counts: std::collections::BTreeMap<String, u64> =
+            serde_json::from_value(db["tables"].clone()).unwrap();
+        assert_eq!(counts, sqlite3_counts(&chinook()));
+        assert_eq!(counts["Track"], 3503, "Chinook has 3503 tracks");
 
-    let target = env.restore(&snapshot_id(&report), "out");
-    let restored = target.join("databases/Chinook_Sqlite.sqlite");
-    assert_eq!(
-        sha256_file(&restored),
-        sha256_file(&chinook()),
-        "not byte-identical"
-    );
-    assert_eq!(db["sha256"], sha256_file(&chinook()));
-    assert_eq!(sqlite3_counts(&restored), counts);
+        let target = env.restore(&snapshot_id(&report), "out");
+        let restored = target.join("databases/Chinook_Sqlite.sqlite");
+        assert_eq!(
+            sha256_file(&restored),
+            sha256_file(&chinook()),
+            "not byte-identical"
+        );
+        assert_eq!(db["sha256"], sha256_file(&chinook()));
+        assert_eq!(sqlite3_counts(&restored), counts);
+    }
 }
 
-#[test]
-fn sqlite_copy_is_consistent_while_the_application_writes() {
-    let env = Env::init();
-    let live = env.path("live.db");
-    let conn = rusqlite::Connection::open(&live).unwrap();
-    conn.execute_batch(
-        "PRAGMA journal_mode=WAL; CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT);
-         CREATE TABLE totals (n INTEGER); INSERT INTO totals VALUES (0);",
-    )
-    .unwrap();
-    drop(conn);
+on_local_and_s3! {
+    fn sqlite_copy_is_consistent_while_the_application_writes(backend) {
+        let env = Env::init_on(backend);
+        let live = env.path("live.db");
+        let conn = rusqlite::Connection::open(&live).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT);
+             CREATE TABLE totals (n INTEGER); INSERT INTO totals VALUES (0);",
+        )
+        .unwrap();
+        drop(conn);
 
-    // A writer that keeps both tables in step, one transaction per row.
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (stop, live) = (stop.clone(), live.clone());
-        std::thread::spawn(move || {
-            let mut conn = rusqlite::Connection::open(&live).unwrap();
-            conn.busy_timeout(Duration::from_secs(10)).unwrap();
-            let mut written = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                let tx = conn.transaction().unwrap();
-                tx.execute(
-                    "INSERT INTO events (body) VALUES (?1)",
-                    [format!("event {written}")],
-                )
+        // A writer that keeps both tables in step, one transaction per row.
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (stop, live) = (stop.clone(), live.clone());
+            std::thread::spawn(move || {
+                let mut conn = rusqlite::Connection::open(&live).unwrap();
+                conn.busy_timeout(Duration::from_secs(10)).unwrap();
+                let mut written = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let tx = conn.transaction().unwrap();
+                    tx.execute(
+                        "INSERT INTO events (body) VALUES (?1)",
+                        [format!("event {written}")],
+                    )
+                    .unwrap();
+                    tx.execute("UPDATE totals SET n = n + 1", []).unwrap();
+                    tx.commit().unwrap();
+                    written += 1;
+                }
+                written
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        let reports: Vec<_> = (0..3)
+            .map(|_| env.backup(&["--sqlite", live.to_str().unwrap()]))
+            .collect();
+        stop.store(true, Ordering::SeqCst);
+        let written = writer.join().unwrap();
+
+        for (n, report) in reports.iter().enumerate() {
+            let target = env.restore(&snapshot_id(report), &format!("out{n}"));
+            let copy = target.join("databases/live.db");
+            let conn = rusqlite::Connection::open(&copy).unwrap();
+            let ok: String = conn
+                .query_row("PRAGMA integrity_check", [], |r| r.get(0))
                 .unwrap();
-                tx.execute("UPDATE totals SET n = n + 1", []).unwrap();
-                tx.commit().unwrap();
-                written += 1;
-            }
-            written
-        })
-    };
-    std::thread::sleep(Duration::from_millis(300));
-    let reports: Vec<_> = (0..3)
-        .map(|_| env.backup(&["--sqlite", live.to_str().unwrap()]))
-        .collect();
-    stop.store(true, Ordering::SeqCst);
-    let written = writer.join().unwrap();
-
-    for (n, report) in reports.iter().enumerate() {
-        let target = env.restore(&snapshot_id(report), &format!("out{n}"));
-        let copy = target.join("databases/live.db");
-        let conn = rusqlite::Connection::open(&copy).unwrap();
-        let ok: String = conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(ok, "ok");
-        let events: u64 = conn
-            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
-            .unwrap();
-        let total: u64 = conn
-            .query_row("SELECT n FROM totals", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(events, total, "the copy caught a transaction half-way");
-        assert!(events > 0 && events <= written);
-        assert_eq!(item(report, "live.db")["tables"]["events"], events);
+            assert_eq!(ok, "ok");
+            let events: u64 = conn
+                .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+                .unwrap();
+            let total: u64 = conn
+                .query_row("SELECT n FROM totals", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(events, total, "the copy caught a transaction half-way");
+            assert!(events > 0 && events <= written);
+            assert_eq!(item(report, "live.db")["tables"]["events"], events);
+        }
     }
 }
 
@@ -122,56 +124,58 @@ fn awkward_tree(root: &Path) {
         .unwrap();
 }
 
-#[test]
-fn directories_keep_names_links_modes_and_mtimes() {
-    let env = Env::init();
-    let src = env.path("site");
-    awkward_tree(&src);
-    let report = env.backup(&["--dir", src.to_str().unwrap()]);
-    assert_eq!(item(&report, "site")["files"], 6);
+on_local_and_s3! {
+    fn directories_keep_names_links_modes_and_mtimes(backend) {
+        let env = Env::init_on(backend);
+        let src = env.path("site");
+        awkward_tree(&src);
+        let report = env.backup(&["--dir", src.to_str().unwrap()]);
+        assert_eq!(item(&report, "site")["files"], 6);
 
-    let target = env.restore(&snapshot_id(&report), "out");
-    assert_same_tree(&src, &target.join("files/site"));
-    // The links are links, not copies of what they point at.
-    assert!(
-        target
-            .join("files/site/link")
-            .symlink_metadata()
-            .unwrap()
-            .is_symlink()
-    );
+        let target = env.restore(&snapshot_id(&report), "out");
+        assert_same_tree(&src, &target.join("files/site"));
+        // The links are links, not copies of what they point at.
+        assert!(
+            target
+                .join("files/site/link")
+                .symlink_metadata()
+                .unwrap()
+                .is_symlink()
+        );
+    }
 }
 
-#[test]
-fn excluded_paths_are_left_out() {
-    let env = Env::init();
-    let src = env.path("site");
-    std::fs::create_dir_all(src.join("cache")).unwrap();
-    std::fs::write(src.join("keep.txt"), "keep").unwrap();
-    std::fs::write(src.join("drop.tmp"), "drop").unwrap();
-    std::fs::write(src.join("cache/blob"), "drop").unwrap();
-    let report = env.backup(&[
-        "--dir",
-        src.to_str().unwrap(),
-        "--exclude",
-        "*.tmp",
-        "--exclude",
-        "cache",
-    ]);
-    let tree = env.json(&["ls", &snapshot_id(&report), "--tree"]);
-    let paths: Vec<&str> = tree
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["path"].as_str().unwrap())
-        .collect();
-    assert!(paths.contains(&"files/site/keep.txt"), "{paths:?}");
-    assert!(
-        !paths
+on_local_and_s3! {
+    fn excluded_paths_are_left_out(backend) {
+        let env = Env::init_on(backend);
+        let src = env.path("site");
+        std::fs::create_dir_all(src.join("cache")).unwrap();
+        std::fs::write(src.join("keep.txt"), "keep").unwrap();
+        std::fs::write(src.join("drop.tmp"), "drop").unwrap();
+        std::fs::write(src.join("cache/blob"), "drop").unwrap();
+        let report = env.backup(&[
+            "--dir",
+            src.to_str().unwrap(),
+            "--exclude",
+            "*.tmp",
+            "--exclude",
+            "cache",
+        ]);
+        let tree = env.json(&["ls", &snapshot_id(&report), "--tree"]);
+        let paths: Vec<&str> = tree
+            .as_array()
+            .unwrap()
             .iter()
-            .any(|p| p.ends_with(".tmp") || p.contains("cache")),
-        "{paths:?}"
-    );
+            .map(|e| e["path"].as_str().unwrap())
+            .collect();
+        assert!(paths.contains(&"files/site/keep.txt"), "{paths:?}");
+        assert!(
+            !paths
+                .iter()
+                .any(|p| p.ends_with(".tmp") || p.contains("cache")),
+            "{paths:?}"
+        );
+    }
 }
 
 /// A real source tree that nobody here wrote: rustic_core's own sources from the cargo registry.
@@ -187,48 +191,49 @@ fn real_source_tree() -> std::path::PathBuf {
         .expect("rustic_core's sources are in the cargo registry after a build")
 }
 
-#[test]
-fn a_real_source_tree_round_trips_and_an_unchanged_rebackup_adds_under_one_percent() {
-    let env = Env::init();
-    let src = env.path("rustic_core");
-    copy_tree(&real_source_tree(), &src);
+on_local_and_s3! {
+    fn a_real_source_tree_round_trips_and_an_unchanged_rebackup_adds_under_one_percent(backend) {
+        let env = Env::init_on(backend);
+        let src = env.path("rustic_core");
+        copy_tree(&real_source_tree(), &src);
 
-    let first = env.backup(&["--dir", src.to_str().unwrap()]);
-    let second = env.backup(&["--dir", src.to_str().unwrap()]);
-    let read = second["bytes_read"].as_u64().unwrap();
-    let added = second["bytes_added"].as_u64().unwrap();
-    assert!(read > 1_000_000, "the tree is over 1 MB ({read})");
-    assert!(
-        added * 100 < read,
-        "unchanged re-backup added {added} of {read} bytes"
-    );
-    assert_eq!(
-        item(&first, "rustic_core")["sha256"],
-        item(&second, "rustic_core")["sha256"]
-    );
+        let first = env.backup(&["--dir", src.to_str().unwrap()]);
+        let second = env.backup(&["--dir", src.to_str().unwrap()]);
+        let read = second["bytes_read"].as_u64().unwrap();
+        let added = second["bytes_added"].as_u64().unwrap();
+        assert!(read > 1_000_000, "the tree is over 1 MB ({read})");
+        assert!(
+            added * 100 < read,
+            "unchanged re-backup added {added} of {read} bytes"
+        );
+        assert_eq!(
+            item(&first, "rustic_core")["sha256"],
+            item(&second, "rustic_core")["sha256"]
+        );
 
-    let target = env.restore("latest", "out");
-    assert_same_tree(&src, &target.join("files/rustic_core"));
+        let target = env.restore("latest", "out");
+        assert_same_tree(&src, &target.join("files/rustic_core"));
 
-    let stats = env.json(&["stats"]);
-    assert_eq!(stats["snapshots"], 2);
-    let on_disk: u64 = env.repo_files().values().sum();
-    assert_eq!(stats["stored_total"], on_disk);
-    // Restoring both snapshots writes every file twice, plus each snapshot's small catalog.
-    let total = stats["total_restore_size"].as_u64().unwrap();
-    let twice = 2 * first["bytes_read"].as_u64().unwrap();
-    assert!(
-        total > twice && total < twice + 20_000,
-        "{total} vs {twice}"
-    );
-    let snaps = env.json(&["snapshots"]);
-    let listed: u64 = snaps
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["bytes"].as_u64().unwrap())
-        .sum();
-    assert_eq!(total, listed);
+        let stats = env.json(&["stats"]);
+        assert_eq!(stats["snapshots"], 2);
+        let on_disk: u64 = env.repo_files().values().sum();
+        assert_eq!(stats["stored_total"], on_disk);
+        // Restoring both snapshots writes every file twice, plus each snapshot's small catalog.
+        let total = stats["total_restore_size"].as_u64().unwrap();
+        let twice = 2 * first["bytes_read"].as_u64().unwrap();
+        assert!(
+            total > twice && total < twice + 20_000,
+            "{total} vs {twice}"
+        );
+        let snaps = env.json(&["snapshots"]);
+        let listed: u64 = snaps
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["bytes"].as_u64().unwrap())
+            .sum();
+        assert_eq!(total, listed);
+    }
 }
 
 /// Copies a tree (files, dirs, links), keeping mtimes and modes.
