@@ -116,7 +116,7 @@ impl S3Client {
                 } else if failure.is_io() {
                     "the connection failed (is the endpoint reachable?)".to_string()
                 } else {
-                    let text = format!("{failure:?}");
+                    let text = format!("{failure:?} {}", chain(err, ""));
                     if text.contains("credentials") || text.contains("Credentials") {
                         return Error::NoCredentials;
                     }

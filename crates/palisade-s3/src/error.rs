@@ -26,7 +26,7 @@ pub enum Error {
     NoCredentials,
     /// The credentials are valid but lack a permission.
     #[error(
-        "S3 denied `{operation}` on `{what}` (AccessDenied): the credentials lack that permission; `palisade bucket policy --role ROLE` prints the policy each role needs"
+        "S3 denied `{operation}` on `{what}` (AccessDenied): the credentials lack that permission (`palisade bucket policy --role ROLE` prints the policy each role needs), or a bucket policy denies the request (with `palisade bucket setup`: plain-http endpoints need require_tls = false in [bucket], and the encryption in [repository.s3] must match require_encryption's)"
     )]
     AccessDenied { operation: String, what: String },
     /// The bucket does not exist.
@@ -34,7 +34,7 @@ pub enum Error {
     NoSuchBucket { bucket: String },
     /// The bucket lives in another region than the one configured.
     #[error(
-        "bucket `{bucket}` is not in region `{configured}`{actual}: set `region` in [repository] (or AWS_REGION) to the bucket's region"
+        "bucket `{bucket}` is not in region `{configured}`{actual}: set `region` in [repository.s3] (or AWS_REGION) to the bucket's region"
     )]
     WrongRegion {
         bucket: String,

@@ -183,7 +183,7 @@ impl S3Options {
         if keys && !self.credentials_in_config {
             return bad(
                 "secret_access_key",
-                "credentials in the config file are ignored unless credentials_in_config = true; prefer AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or an instance role",
+                "credentials in the config file are refused unless credentials_in_config = true is set too; prefer AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or an instance role",
             );
         }
         if self.credentials_in_config

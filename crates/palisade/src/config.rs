@@ -122,8 +122,24 @@ impl Config {
                 return Err(err).with_context(|| format!("cannot read config {}", path.display()));
             }
         };
-        let mut config: Self = toml::from_str(&text)
-            .with_context(|| format!("config {} is not valid", path.display()))?;
+        let mut config: Self = toml::from_str(&text).map_err(|err| {
+            // toml's own rendering quotes the offending line, which may hold a secret key:
+            // name the line and column instead.
+            let at = err
+                .span()
+                .map(|span| {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!(" line {line} column {column}")
+                })
+                .unwrap_or_default();
+            anyhow::anyhow!(
+                "config {}{at}: {}",
+                path.display(),
+                err.message().trim_end()
+            )
+        })?;
         let base = path.parent().unwrap_or(Path::new(""));
         config.resolve(base);
         config
@@ -406,5 +422,12 @@ mod tests {
         assert!(format!("{err:#}").contains("line 5"), "{err:#}");
         let err = parse("[repository.s3]\nconnections = \"many\"\n").unwrap_err();
         assert!(format!("{err:#}").contains("line 2"), "{err:#}");
+        // A syntax error on a secret's line names the line, never the value.
+        let err = parse("[repository.s3]\nsecret_access_key = 12345SecretValue\n").unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("line 2") && !text.contains("12345SecretValue"),
+            "{text}"
+        );
     }
 }
