@@ -382,12 +382,6 @@ impl Repo {
     ) -> Result<Self> {
         let bars = SharedBars(bars);
         let (backends, backend) = backends(&location)?;
-        if let Location::S3(_) = &location {
-            // The bucket must exist: `palisade bucket setup` makes it the safe way.
-            backend
-                .create()
-                .map_err(|err| Error::repo("checking the bucket", err))?;
-        }
         let existing = backend
             .list(FileType::Config)
             .map_err(|err| Error::repo("looking for an existing repository", err))?;

@@ -63,16 +63,12 @@ impl S3Backend {
         &self.s3
     }
 
-    fn block_on<F: Future>(&self, future: F) -> F::Output {
+    /// Runs a future on the backend's runtime from synchronous code.
+    pub fn run<F: Future>(&self, future: F) -> F::Output {
         self.runtime
             .as_ref()
             .expect("the runtime lives as long as the backend")
             .block_on(future)
-    }
-
-    /// Runs a future on the backend's runtime from synchronous code.
-    pub fn run<F: Future>(&self, future: F) -> F::Output {
-        self.block_on(future)
     }
 
     fn key(&self, tpe: FileType, id: &Id) -> String {
@@ -409,14 +405,14 @@ impl ReadBackend for S3Backend {
         let dir = self.s3.location.key(&format!("{}/", tpe.dirname()));
         let objects = if tpe == FileType::Config {
             let key = self.s3.location.key("config");
-            self.block_on(self.list(&key))
+            self.run(self.list(&key))
                 .map_err(to_rustic)?
                 .into_iter()
                 .filter(|(found, _)| *found == key)
                 .map(|(_, size)| (Id::default(), u32::try_from(size).unwrap_or(u32::MAX)))
                 .collect()
         } else {
-            self.block_on(self.list(&dir))
+            self.run(self.list(&dir))
                 .map_err(to_rustic)?
                 .into_iter()
                 .filter_map(|(key, size)| {
@@ -431,7 +427,7 @@ impl ReadBackend for S3Backend {
 
     fn read_full(&self, tpe: FileType, id: &Id) -> RusticResult<Bytes> {
         let key = self.key(tpe, id);
-        self.block_on(self.get(&key, None)).map_err(to_rustic)
+        self.run(self.get(&key, None)).map_err(to_rustic)
     }
 
     fn read_partial(
@@ -446,7 +442,7 @@ impl ReadBackend for S3Backend {
             return Ok(Bytes::new());
         }
         let key = self.key(tpe, id);
-        self.block_on(self.get(&key, Some((u64::from(offset), u64::from(length)))))
+        self.run(self.get(&key, Some((u64::from(offset), u64::from(length)))))
             .map_err(to_rustic)
     }
 
@@ -457,7 +453,7 @@ impl ReadBackend for S3Backend {
 
 impl WriteBackend for S3Backend {
     fn create(&self) -> RusticResult<()> {
-        self.block_on(self.check_bucket()).map_err(to_rustic)
+        self.run(self.check_bucket()).map_err(to_rustic)
     }
 
     fn write_bytes(
@@ -478,12 +474,12 @@ impl WriteBackend for S3Backend {
             }
             joined.freeze()
         };
-        self.block_on(self.put(&key, body, tpe == FileType::Pack))
+        self.run(self.put(&key, body, tpe == FileType::Pack))
             .map_err(to_rustic)
     }
 
     fn remove(&self, tpe: FileType, id: &Id, _cacheable: bool) -> RusticResult<()> {
         let key = self.key(tpe, id);
-        self.block_on(self.delete(&key)).map_err(to_rustic)
+        self.run(self.delete(&key)).map_err(to_rustic)
     }
 }

@@ -18,11 +18,17 @@ fn s3_repository(location: Location) -> Result<S3Repository> {
     }
 }
 
-/// Creates or adopts the bucket and applies the spec; says what changed, or that nothing did.
-pub fn setup(location: Location, spec: &BucketSpec, json: bool, quiet: bool) -> Result<Outcome> {
+/// The S3 repository and a backend for it, once the spec is known to be valid.
+fn connect(location: Location, spec: &BucketSpec) -> Result<(S3Repository, S3Backend)> {
     let repo = s3_repository(location)?;
     spec.validate()?;
     let backend = S3Backend::new(&repo.location, &repo.options)?;
+    Ok((repo, backend))
+}
+
+/// Creates or adopts the bucket and applies the spec; says what changed, or that nothing did.
+pub fn setup(location: Location, spec: &BucketSpec, json: bool, quiet: bool) -> Result<Outcome> {
+    let (repo, backend) = connect(location, spec)?;
     let report = backend
         .run(palisade_s3::setup(backend.client(), spec))
         .with_context(|| format!("setting up bucket `{}`", repo.location.bucket))?;
@@ -60,9 +66,7 @@ pub fn setup(location: Location, spec: &BucketSpec, json: bool, quiet: bool) -> 
 
 /// Reports each setting as ok, drift or missing; any drift fails the command.
 pub fn check(location: Location, spec: &BucketSpec, json: bool, quiet: bool) -> Result<Outcome> {
-    let repo = s3_repository(location)?;
-    spec.validate()?;
-    let backend = S3Backend::new(&repo.location, &repo.options)?;
+    let (repo, backend) = connect(location, spec)?;
     let report = backend
         .run(palisade_s3::check(backend.client(), spec))
         .with_context(|| format!("checking bucket `{}`", repo.location.bucket))?;

@@ -1,14 +1,10 @@
-//! A private moto S3 server per test: found, started on a free port, awaited, killed on drop;
-//! plus IAM users for tests that switch moto's permission checks on.
+//! A private moto S3 server per test (palisade-testkit's), with clients of this crate for it
+//! and IAM users for tests that switch moto's permission checks on.
 
 use std::future::Future;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use palisade_s3::{S3Client, S3Location, S3Options};
+use palisade_testkit::MotoServer;
 use serde_json::Value;
 
 /// Runs a test body on a runtime of its own (tests run in parallel threads).
@@ -22,67 +18,21 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
 
 /// A running `moto_server`, stopped when dropped.
 pub struct Moto {
-    child: Child,
-    port: u16,
-    log: PathBuf,
+    server: MotoServer,
 }
 
 impl Moto {
     /// Starts moto on a free port and waits until it answers.
     pub fn start() -> Self {
-        let binary = moto_binary();
-        let port = free_port();
-        let log =
-            std::env::temp_dir().join(format!("palisade-moto-{}-{port}.log", std::process::id()));
-        let log_file = std::fs::File::create(&log).expect("the moto log file can be created");
-        let child = Command::new(&binary)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(
-                log_file
-                    .try_clone()
-                    .expect("the log file handle can be cloned"),
-            )
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let mut moto = Self { child, port, log };
-        moto.wait_until_ready();
-        moto
-    }
-
-    fn wait_until_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Some(status) = self
-                .child
-                .try_wait()
-                .expect("the moto process can be polled")
-            {
-                panic!("moto_server exited with {status}:\n{}", self.log_text());
-            }
-            if let Ok((200, _)) = self.try_http("GET", "/moto-api/data.json", &[], "") {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        Self {
+            server: MotoServer::start(),
         }
-        panic!(
-            "moto_server did not answer within 60 s:\n{}",
-            self.log_text()
-        );
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// `s3:http://127.0.0.1:PORT/BUCKET_AND_PREFIX`.
     pub fn location(&self, bucket_and_prefix: &str) -> S3Location {
-        S3Location::parse(&format!(
-            "s3:http://127.0.0.1:{}/{bucket_and_prefix}",
-            self.port
-        ))
-        .expect("the test location parses")
+        S3Location::parse(&format!("s3:{}/{bucket_and_prefix}", self.server.endpoint))
+            .expect("the test location parses")
     }
 
     /// A client with explicit credentials (never the process environment, which parallel tests
@@ -132,8 +82,7 @@ impl Moto {
 
     /// From now on moto checks signatures against its IAM users and their policies.
     pub fn enforce_iam(&self) {
-        let (status, body) = self.http("POST", "/moto-api/reset-auth", &[], "0");
-        assert_eq!(status, 200, "moto refused to enforce IAM: {body}");
+        self.server.enforce_iam();
     }
 
     fn iam(&self, params: &[(&str, &str)]) -> String {
@@ -148,105 +97,15 @@ impl Moto {
             ("Authorization", authorization),
             ("Content-Type", "application/x-www-form-urlencoded"),
         ];
-        let (status, text) = self.http("POST", "/", &headers, &body);
+        let (status, text) = self.server.http("POST", "/", &headers, &body);
         assert_eq!(status, 200, "IAM {params:?} failed: {text}");
         text
     }
 
     /// A plain GET to the server, for answers the SDK cannot read.
     pub fn get(&self, path: &str) -> (u16, String) {
-        self.http("GET", path, &[], "")
+        self.server.http("GET", path, &[], "")
     }
-
-    fn http(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> (u16, String) {
-        self.try_http(method, path, headers, body)
-            .unwrap_or_else(|e| panic!("{method} {path} to moto failed: {e}"))
-    }
-
-    fn try_http(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> std::io::Result<(u16, String)> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            self.port,
-            body.len()
-        );
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("\r\n");
-        request.push_str(body);
-        stream.write_all(request.as_bytes())?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let status = response
-            .split(' ')
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .unwrap_or(0);
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b)
-            .unwrap_or_default();
-        Ok((status, body.to_string()))
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
-/// `PALISADE_MOTO_SERVER`, then the copy `scripts/test` installs, then `moto_server` on PATH.
-fn moto_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("PALISADE_MOTO_SERVER") {
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "PALISADE_MOTO_SERVER is {} but there is no file there",
-            path.display()
-        );
-        return path;
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        let path = PathBuf::from(home).join(".cache/palisade-ci/moto/bin/moto_server");
-        if path.is_file() {
-            return path;
-        }
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("moto_server"))
-            .find(|path| path.is_file())
-    });
-    on_path.unwrap_or_else(|| {
-        panic!(
-            "moto_server not found: the S3 bucket tests need a moto S3 server; run scripts/test, which installs it into ~/.cache/palisade-ci/moto, or set PALISADE_MOTO_SERVER to a moto_server binary"
-        )
-    })
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a free local port exists");
-    listener
-        .local_addr()
-        .expect("a bound socket has an address")
-        .port()
 }
 
 fn form_encode(text: &str) -> String {

@@ -261,7 +261,7 @@ fn wrong_credentials_name_the_variables_to_check_and_never_the_secret() {
     let env = Env::new_on(Backend::S3);
     // From now on moto checks signatures against its IAM users, of which there are none: our
     // access key is refused as AWS refuses an unknown one.
-    enforce_iam(&env.s3.as_ref().unwrap().moto.endpoint);
+    env.s3.as_ref().unwrap().moto.enforce_iam();
     for args in [
         &["init"][..],
         &["--json", "snapshots"],
@@ -279,22 +279,6 @@ fn wrong_credentials_name_the_variables_to_check_and_never_the_secret() {
             "{args:?} printed the secret: {all}"
         );
     }
-}
-
-/// Turns on moto's signature checks (`POST /moto-api/reset-auth` with the number of requests
-/// still let through unchecked: none).
-fn enforce_iam(endpoint: &str) {
-    use std::io::{Read, Write};
-    let address = endpoint.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    write!(
-        stream,
-        "POST /moto-api/reset-auth HTTP/1.1\r\nHost: {address}\r\nContent-Length: 1\r\nConnection: close\r\n\r\n0"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "moto refused: {answer}");
 }
 
 #[test]

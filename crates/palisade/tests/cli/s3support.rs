@@ -6,8 +6,7 @@ use std::{
     io::{self, BufRead, BufReader, Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     ops::Deref,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
     sync::{Arc, Condvar, Mutex, MutexGuard},
     thread::{self, JoinHandle},
     time::{Duration, Instant, SystemTime},
@@ -25,63 +24,21 @@ use aws_sdk_s3::{
         VersioningConfiguration,
     },
 };
+use palisade_testkit::MotoServer;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 // ---------------------------------------------------------------------------------------------
 // moto
 // ---------------------------------------------------------------------------------------------
 
-/// Where `scripts/test` installs moto.
-fn moto_venv_binary() -> Option<PathBuf> {
-    let home = std::env::var_os("HOME")?;
-    Some(Path::new(&home).join(".cache/palisade-ci/moto/bin/moto_server"))
-}
-
-/// The moto server to run: `PALISADE_MOTO_SERVER`, then the venv `scripts/test` makes, then
-/// `moto_server` on PATH. Panics when there is none: S3 tests never skip silently.
-pub fn moto_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("PALISADE_MOTO_SERVER") {
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "PALISADE_MOTO_SERVER names {}, which does not exist; unset it or run scripts/test, \
-             which installs moto",
-            path.display()
-        );
-        return path;
-    }
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join("moto_server"));
-    moto_venv_binary()
-        .into_iter()
-        .chain(on_path)
-        .find(|path| path.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "the S3 tests need moto's moto_server and found none (not in \
-                 $PALISADE_MOTO_SERVER, ~/.cache/palisade-ci/moto/bin or PATH); run scripts/test, \
-                 which installs it"
-            )
-        })
-}
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    listener.local_addr().unwrap().port()
-}
-
-/// A private moto S3 server on a loopback port, stopped on drop. Derefs to an [`S3`] client
+/// A private moto S3 server (palisade-testkit's), stopped on drop. Derefs to an [`S3`] client
 /// that talks to it directly, for set-up and read-back.
 pub struct Moto {
     pub port: u16,
     /// `http://127.0.0.1:PORT`
     pub endpoint: String,
     s3: S3,
-    child: Child,
-    dir: tempfile::TempDir,
+    server: MotoServer,
 }
 
 impl Moto {
@@ -93,39 +50,23 @@ impl Moto {
     /// Starts moto with extra environment variables, such as `INITIAL_NO_AUTH_ACTION_COUNT=0`,
     /// which makes it check credentials (and refuse test/test, so the helpers fail there too).
     pub fn start_with_env(vars: &[(&str, &str)]) -> Self {
-        let binary = moto_binary();
-        let dir = tempfile::tempdir().expect("temp dir");
-        // Another process may take the port between `free_port` and moto's bind: try again.
-        for attempt in 1.. {
-            let port = free_port();
-            let log = dir.path().join(format!("moto-{port}.log"));
-            let mut child = spawn_moto(&binary, port, &log, vars);
-            match wait_until_serving(&mut child, port, &log) {
-                Ok(()) => {
-                    let endpoint = format!("http://127.0.0.1:{port}");
-                    let s3 = S3::new(&endpoint);
-                    return Self {
-                        port,
-                        endpoint,
-                        s3,
-                        child,
-                        dir,
-                    };
-                }
-                Err(log_text) if attempt < 3 && log_text.contains("in use") => continue,
-                Err(log_text) => panic!(
-                    "moto ({}) exited before serving on port {port}; its output:\n{log_text}",
-                    binary.display()
-                ),
-            }
+        let server = MotoServer::start_with_env(vars);
+        Self {
+            port: server.port,
+            endpoint: server.endpoint.clone(),
+            s3: S3::new(&server.endpoint),
+            server,
         }
-        unreachable!("the loop returns or panics")
     }
 
     /// Everything moto printed so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("moto-{}.log", self.port)))
-            .unwrap_or_default()
+        self.server.log()
+    }
+
+    /// From now on moto checks signatures against its IAM users, of which there are none.
+    pub fn enforce_iam(&self) {
+        self.server.enforce_iam();
     }
 }
 
@@ -135,63 +76,6 @@ impl Deref for Moto {
     fn deref(&self) -> &S3 {
         &self.s3
     }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_moto(binary: &Path, port: u16, log: &Path, vars: &[(&str, &str)]) -> Child {
-    let out = std::fs::File::create(log).expect("create the moto log");
-    let err = out.try_clone().unwrap();
-    Command::new(binary)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .envs(vars.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()))
-}
-
-/// Polls `GET /` until moto answers: 200 as a rule, but any status counts (with credential
-/// checks on, moto answers an unsigned request 500). Gives back moto's output when it exits
-/// first; panics with it after 60 s.
-fn wait_until_serving(child: &mut Child, port: u16, log: &Path) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let read_log = || std::fs::read_to_string(log).unwrap_or_default();
-    loop {
-        if child.try_wait().expect("poll moto").is_some() {
-            return Err(read_log());
-        }
-        if http_status(port).is_some() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "moto did not answer on port {port} within 60 s; its output:\n{}",
-                read_log()
-            );
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The status of `GET /` on a loopback port, if something answers there.
-fn http_status(port: u16) -> Option<u16> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let request = format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).ok()?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 // ---------------------------------------------------------------------------------------------
