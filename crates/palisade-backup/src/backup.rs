@@ -3,23 +3,30 @@
 
 use std::{
     cmp::Ordering,
+    collections::HashMap,
     io::Read,
     path::{Path, PathBuf},
+    sync::Mutex,
 };
 
 use rustic_core::{
-    BackupOptions, ParentOptions, SnapshotOptions,
-    repofile::{SnapshotFile, SnapshotSummary},
+    BackupOptions, Excludes, ParentOptions, ReadSource, ReadSourceEntry, RepairSnapshotsOptions,
+    RewriteOptions, RewriteTreesOptions, SnapshotOptions, TreeId,
+    repofile::{Metadata, Node, NodeType, SnapshotFile, SnapshotId, SnapshotSummary},
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::os::unix::fs::OpenOptionsExt;
 
 use crate::{
     ChunkerOptions, Error, Repo, Result,
     catalog::{CATALOG_VERSION, Catalog, CatalogItem, ItemKind, manifest_line},
+    dump::{DumpFacts, DumpItem},
     hashing::Collector,
-    source::{CatalogSource, DataSource, Part, ReadyFile, SourceSpec, WalkedDir, absolute},
+    mysql, postgres,
+    repository::SnapshotWrites,
+    source::{
+        CatalogSource, DataSource, Part, ReadyFile, SourceSpec, StreamedFile, WalkedDir, absolute,
+    },
     sqlite::{self, SqliteCopy},
 };
 
@@ -33,7 +40,7 @@ pub struct BackupRequest {
     pub job: Option<String>,
     /// Extra snapshot tags.
     pub tags: Vec<String>,
-    /// Where database copies and spooled streams are kept while they are archived.
+    /// Where database copies are kept while they are archived.
     pub temp_dir: PathBuf,
 }
 
@@ -48,7 +55,7 @@ impl std::fmt::Debug for BackupRequest {
 
 /// The input of a stream item.
 pub enum Stream {
-    /// The process's standard input: spooled by the kernel (splice), never through user space.
+    /// The process's standard input.
     Stdin,
     /// Any reader.
     Reader(Box<dyn Read + Send>),
@@ -80,24 +87,50 @@ impl BackupReport {
     }
 }
 
-/// Files that must outlive the archive: database copies and spooled streams.
+/// Files that must outlive the archive: database copies.
 #[derive(Default)]
 struct Scratch {
     copies: Vec<SqliteCopy>,
-    spools: Vec<tempfile::TempDir>,
+}
+
+/// One item of a backup, named, before it is prepared.
+enum Planned {
+    /// A source that is one item: an SQLite database, a directory or standard input.
+    Single(SourceSpec, String),
+    /// One dump of a database server source.
+    Dump(DumpItem),
+}
+
+impl Planned {
+    fn kind(&self) -> ItemKind {
+        match self {
+            Self::Single(spec, _) => spec.kind(),
+            Self::Dump(dump) => dump.kind,
+        }
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            Self::Single(_, name) => name,
+            Self::Dump(dump) => &dump.name,
+        }
+    }
 }
 
 /// Backs up `request` into `repo` as one snapshot.
 pub fn backup(repo: &Repo, mut request: BackupRequest) -> Result<BackupReport> {
-    let specs = ordered(&request.sources)?;
+    let planned = ordered(&request.sources)?;
     let collector = Collector::default();
     let mut scratch = Scratch::default();
-    let mut items = Vec::with_capacity(specs.len());
-    let mut parts = Vec::with_capacity(specs.len());
-    for (index, (spec, name)) in specs.iter().enumerate() {
-        let (item, part) = prepare(index, spec, name, &mut request, &mut scratch)?;
+    let mut items = Vec::with_capacity(planned.len());
+    let mut parts = Vec::with_capacity(planned.len());
+    let mut facts = Vec::with_capacity(planned.len());
+    let paths: Vec<PathBuf> = planned.iter().map(display_path).collect();
+    for (index, plan) in planned.into_iter().enumerate() {
+        let (item, part, fact) = prepare(index, plan, &mut request, &mut scratch)?;
         items.push(item);
         parts.push(part);
+        facts.push(fact);
     }
 
     // Pass 1: the data items, directories with the repository's chunker and databases and
@@ -106,7 +139,6 @@ pub fn backup(repo: &Repo, mut request: BackupRequest) -> Result<BackupReport> {
     let hold = HoldSnapshots::new(repo);
     let snap = SnapshotFile::from_options(&snapshot_options(&request)?)
         .map_err(|err| Error::repo("preparing the snapshot", err))?;
-    let paths: Vec<PathBuf> = specs.iter().map(|(spec, _)| display_path(spec)).collect();
     let (dirs, files): (Vec<Part>, Vec<Part>) =
         parts.into_iter().partition(|p| matches!(p, Part::Walk(_)));
     let plain = repo.indexed_ids()?;
@@ -115,6 +147,14 @@ pub fn backup(repo: &Repo, mut request: BackupRequest) -> Result<BackupReport> {
         if parts.is_empty() {
             continue;
         }
+        let mut stream_folders: Vec<PathBuf> = parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Stream(stream) => stream.snapshot_path.parent().map(Path::to_path_buf),
+                _ => None,
+            })
+            .collect();
+        stream_folders.dedup();
         let source = DataSource {
             parts,
             collector: collector.clone(),
@@ -128,12 +168,16 @@ pub fn backup(repo: &Repo, mut request: BackupRequest) -> Result<BackupReport> {
                 &paths,
             ),
         };
-        passes.push(pass.map_err(|err| Error::repo("backing up", err))?);
+        let mut pass = pass.map_err(|err| Error::repo("backing up", err))?;
+        if !stream_folders.is_empty() {
+            pass.tree = correct_stream_sizes(repo, &pass, &stream_folders, &paths)?;
+        }
+        passes.push(pass);
     }
     drop(scratch);
 
     // Pass 2: the catalog, built from what pass 1 actually read.
-    let catalog = build_catalog(items, &collector, request.job.clone())?;
+    let catalog = build_catalog(items, &facts, &collector, request.job.clone())?;
     let bytes = serde_json::to_vec_pretty(&catalog).expect("the catalog serialises");
     let catalog_pass = plain
         .archive(&archive_options(), &CatalogSource { bytes }, snap, &paths)
@@ -193,42 +237,211 @@ struct HoldSnapshots<'a>(&'a Repo);
 
 impl<'a> HoldSnapshots<'a> {
     fn new(repo: &'a Repo) -> Self {
-        repo.backend.hold_snapshots(true);
+        repo.backend.snapshot_writes(SnapshotWrites::Discard);
         Self(repo)
     }
 }
 
 impl Drop for HoldSnapshots<'_> {
     fn drop(&mut self) {
-        self.0.backend.hold_snapshots(false);
+        self.0.backend.snapshot_writes(SnapshotWrites::Store);
     }
 }
 
-/// Names every source and sorts them into snapshot order; refuses two items with one path.
-fn ordered(sources: &[SourceSpec]) -> Result<Vec<(SourceSpec, String)>> {
+/// The name of the marker file that makes rustic_core save size corrections (see below).
+const MARKER: &str = ".palisade-size-marker";
+
+/// The tree of `pass` with every streamed file's size taken from its stored chunks.
+///
+/// A stream's node is made before the stream is read, so it records size 0, which restic would
+/// restore as an empty file. rustic_core's snapshot repair recomputes each file's size from the
+/// index, but saves a tree only when it also found something missing in it. So each folder
+/// that holds streams gets a marker file, archived on its own with unique content, whose index
+/// files are then hidden from the repair: the marker is "missing", its folder's tree is saved
+/// with every size corrected, and a rewrite drops the marker again. Snapshots these steps save
+/// are discarded (the backup holds them back); only the trees are kept. `docs/design.md`
+/// explains why no simpler way exists with rustic_core 0.13.
+fn correct_stream_sizes(
+    repo: &Repo,
+    pass: &SnapshotFile,
+    folders: &[PathBuf],
+    paths: &[PathBuf],
+) -> Result<TreeId> {
+    let context = "recording the sizes of streams";
+    let marker = MarkerSource {
+        folders: folders.to_vec(),
+        bytes: rand_bytes(),
+    };
+    repo.backend.record_index(true);
+    let marked = repo.indexed_ids().and_then(|handle| {
+        handle
+            .archive(&archive_options(), &marker, pass.clone(), paths)
+            .map_err(|err| Error::repo(context, err))
+    });
+    let marker_index = repo.backend.record_index(false);
+    let marked = marked?;
+    let mut summary = SnapshotSummary::default();
+    let merged = repo
+        .indexed_ids()?
+        .merge_trees(
+            &[pass.tree, marked.tree],
+            &|_, _| Ordering::Equal,
+            &mut summary,
+        )
+        .map_err(|err| Error::repo(context, err))?;
+    let mut draft = pass.clone();
+    draft.tree = merged;
+
+    let quiet = QuietLogs::new();
+    repo.backend.hide_index(marker_index);
+    let full = repo.reopen()?.to_indexed();
+    repo.backend.hide_index(Vec::new());
+    let full = full.map_err(|err| Error::repo("reading the repository index", err))?;
+    repo.backend
+        .snapshot_writes(SnapshotWrites::Capture(HashMap::new()));
+    let repaired = full
+        .repair_snapshots(
+            &RepairSnapshotsOptions::default().delete(false).tag(vec![]),
+            vec![draft],
+            false,
+        )
+        .map_err(|err| Error::repo(context, err))
+        .and_then(|()| match repo.backend.captured_snapshots().as_slice() {
+            [id] => full
+                .get_file::<SnapshotFile>(&SnapshotId::from(*id))
+                .map_err(|err| Error::repo(context, err)),
+            other => Err(Error::Repository {
+                context: context.into(),
+                message: format!("the repair saved {} snapshots instead of one", other.len()),
+            }),
+        });
+    repo.backend.snapshot_writes(SnapshotWrites::Discard);
+    let mut repaired = repaired?;
+    repaired.original = None;
+    drop(full);
+
+    let excludes = Excludes::default().globs(vec![format!("!{MARKER}*")]);
+    let rewritten = repo
+        .reopen()?
+        .to_indexed()
+        .map_err(|err| Error::repo("reading the repository index", err))?
+        .rewrite_snapshots_and_trees(
+            vec![repaired],
+            &RewriteOptions::default(),
+            &RewriteTreesOptions::default().excludes(excludes),
+        )
+        .map_err(|err| Error::repo(context, err))?;
+    drop(quiet);
+    rewritten
+        .first()
+        .map(|snap| snap.tree)
+        .ok_or_else(|| Error::Repository {
+            context: context.into(),
+            message: "the rewrite returned no snapshot".into(),
+        })
+}
+
+fn rand_bytes() -> Vec<u8> {
+    use rand::RngCore;
+    let mut bytes = vec![0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes
+}
+
+/// One marker file per folder, with the same unique content.
+struct MarkerSource {
+    folders: Vec<PathBuf>,
+    bytes: Vec<u8>,
+}
+
+impl ReadSource for MarkerSource {
+    type Open = std::io::Cursor<Vec<u8>>;
+    type Iter = std::vec::IntoIter<rustic_core::RusticResult<ReadSourceEntry<Self::Open>>>;
+
+    fn size(&self) -> rustic_core::RusticResult<Option<u64>> {
+        Ok(Some((self.bytes.len() * self.folders.len()) as u64))
+    }
+
+    fn entries(&self) -> Self::Iter {
+        let mut entries = Vec::new();
+        for folder in &self.folders {
+            let meta = Metadata {
+                mode: Some(0o755),
+                mtime: Some(rustic_core::jiff::Timestamp::now()),
+                ..Metadata::default()
+            };
+            entries.push(Ok(ReadSourceEntry {
+                path: folder.clone(),
+                node: Node::new_node(folder.as_os_str(), NodeType::Dir, meta),
+                open: None,
+            }));
+            let meta = Metadata {
+                mode: Some(0o600),
+                size: self.bytes.len() as u64,
+                ..Metadata::default()
+            };
+            entries.push(Ok(ReadSourceEntry {
+                path: folder.join(MARKER),
+                node: Node::new_node(std::ffi::OsStr::new(MARKER), NodeType::File, meta),
+                open: Some(std::io::Cursor::new(self.bytes.clone())),
+            }));
+        }
+        entries.into_iter()
+    }
+}
+
+/// Lowers the log level while rustic_core repairs and rewrites: its warnings about the marker
+/// being "missing" are expected and would only alarm people.
+struct QuietLogs(log::LevelFilter);
+
+impl QuietLogs {
+    fn new() -> Self {
+        let level = log::max_level();
+        log::set_max_level(log::LevelFilter::Error.min(level));
+        Self(level)
+    }
+}
+
+impl Drop for QuietLogs {
+    fn drop(&mut self) {
+        log::set_max_level(self.0);
+    }
+}
+
+/// Names every source, expands database servers into one item per dump, and sorts the items
+/// into snapshot order; refuses two items with one path.
+fn ordered(sources: &[SourceSpec]) -> Result<Vec<Planned>> {
     if sources.is_empty() {
         return Err(Error::BadSource {
             path: PathBuf::new(),
-            reason: "nothing to back up: pass --sqlite FILE, --dir DIR or --stdin --name NAME, \
-                     or define [[jobs]] in the config file"
+            reason: "nothing to back up: pass --sqlite FILE, --dir DIR, --postgres URL, --mysql \
+                     URL or --stdin --name NAME, or define [[jobs]] in the config file"
                 .into(),
         });
     }
-    let mut named = sources
-        .iter()
-        .map(|spec| Ok((spec.clone(), spec.name()?)))
-        .collect::<Result<Vec<_>>>()?;
-    named.sort_by(|a, b| (a.0.kind().folder(), &a.1).cmp(&(b.0.kind().folder(), &b.1)));
-    for pair in named.windows(2) {
-        if pair[0].0.kind().folder() == pair[1].0.kind().folder() && pair[0].1 == pair[1].1 {
+    let mut planned = Vec::new();
+    for spec in sources {
+        match spec {
+            SourceSpec::Postgres(source) => {
+                planned.extend(postgres::plan(source)?.into_iter().map(Planned::Dump));
+            }
+            SourceSpec::Mysql(source) => {
+                planned.extend(mysql::plan(source)?.into_iter().map(Planned::Dump));
+            }
+            _ => planned.push(Planned::Single(spec.clone(), spec.name()?)),
+        }
+    }
+    planned.sort_by(|a, b| (a.kind().folder(), a.name()).cmp(&(b.kind().folder(), b.name())));
+    for pair in planned.windows(2) {
+        if pair[0].kind().folder() == pair[1].kind().folder() && pair[0].name() == pair[1].name() {
             return Err(Error::DuplicateItem {
-                name: format!("{}/{}", pair[0].0.kind().folder(), pair[0].1),
+                name: format!("{}/{}", pair[0].kind().folder(), pair[0].name()),
             });
         }
     }
-    if named
+    if planned
         .iter()
-        .filter(|(s, _)| s.kind() == ItemKind::Stream)
+        .filter(|p| matches!(p, Planned::Single(SourceSpec::Stream { .. }, _)))
         .count()
         > 1
     {
@@ -237,34 +450,50 @@ fn ordered(sources: &[SourceSpec]) -> Result<Vec<(SourceSpec, String)>> {
             reason: "only one stream can be read from standard input per backup".into(),
         });
     }
-    Ok(named)
+    Ok(planned)
 }
 
-/// Copies, spools or opens one source and describes its catalog item.
+/// Copies or opens one source and describes its catalog item.
 fn prepare(
     index: usize,
-    spec: &SourceSpec,
-    name: &str,
+    plan: Planned,
     request: &mut BackupRequest,
     scratch: &mut Scratch,
-) -> Result<(CatalogItem, Part)> {
-    let kind = spec.kind();
-    let snapshot_path = Path::new(kind.folder()).join(name);
+) -> Result<(CatalogItem, Part, Option<DumpFacts>)> {
+    let kind = plan.kind();
+    let snapshot_path = Path::new(kind.folder()).join(plan.name());
     let mut item = CatalogItem {
-        name: name.to_string(),
+        name: plan.name().to_string(),
         kind,
-        source: display_path(spec).to_string_lossy().into_owned(),
+        source: display_path(&plan).to_string_lossy().into_owned(),
         path: snapshot_path.to_string_lossy().into_owned(),
         size: 0,
         sha256: String::new(),
         files: 0,
         tables: None,
         sqlite_version: None,
+        database: None,
+        server_version: None,
+        dumped_by: None,
         skipped: Vec::new(),
     };
-    let part = match spec {
+    let spec = match plan {
+        Planned::Dump(dump) => {
+            item.database.clone_from(&dump.facts.database);
+            item.server_version.clone_from(&dump.facts.server_version);
+            item.dumped_by.clone_from(&dump.facts.dumped_by);
+            let part = Part::Stream(StreamedFile {
+                item: index,
+                snapshot_path,
+                start: Mutex::new(Some(dump.start)),
+            });
+            return Ok((item, part, Some(dump.facts)));
+        }
+        Planned::Single(spec, _) => spec,
+    };
+    let part = match &spec {
         SourceSpec::Sqlite { path, .. } => {
-            let copy = sqlite::copy_online(path, name, &request.temp_dir)?;
+            let copy = sqlite::copy_online(path, &item.name, &request.temp_dir)?;
             item.tables = Some(copy.tables.clone());
             item.sqlite_version = Some(copy.sqlite_version.clone());
             let mtime = std::fs::metadata(path)
@@ -280,18 +509,27 @@ fn prepare(
                 path: PathBuf::from("stdin"),
                 reason: "no input stream was given".into(),
             })?;
-            let (dir, file) = spool(input, name, &request.temp_dir)?;
-            let now = Some(rustic_core::jiff::Timestamp::now());
-            let ready = ready_file(index, snapshot_path, &file, now)?;
-            scratch.spools.push(dir);
-            Part::Ready(ready)
+            let start: crate::dump::Start = Box::new(move || {
+                Ok(match input {
+                    Stream::Stdin => Box::new(std::io::stdin()) as Box<dyn Read + Send>,
+                    Stream::Reader(reader) => reader,
+                })
+            });
+            Part::Stream(StreamedFile {
+                item: index,
+                snapshot_path,
+                start: Mutex::new(Some(start)),
+            })
         }
         SourceSpec::Directory { path, exclude, .. } => {
             let root = directory_root(path)?;
-            Part::Walk(Box::new(WalkedDir::new(index, name, root, exclude)?))
+            Part::Walk(Box::new(WalkedDir::new(index, &item.name, root, exclude)?))
+        }
+        SourceSpec::Postgres(_) | SourceSpec::Mysql(_) => {
+            unreachable!("database servers are expanded into dumps by `ordered`")
         }
     };
-    Ok((item, part))
+    Ok((item, part, None))
 }
 
 fn ready_file(
@@ -328,39 +566,17 @@ fn directory_root(path: &Path) -> Result<PathBuf> {
     std::fs::canonicalize(path).map_err(|err| Error::io(path, err))
 }
 
-/// Writes a stream to a private temporary file, so that its size is known before it is
-/// archived: restic's tree format records each file's size up front, and restic restores a file
-/// recorded with size 0 as empty.
-fn spool(input: Stream, name: &str, temp_root: &Path) -> Result<(tempfile::TempDir, PathBuf)> {
-    let dir = crate::sqlite::private_tempdir("palisade-stream-", temp_root)?;
-    let file = dir.path().join(name);
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&file)
-        .map_err(|err| Error::io(&file, err))?;
-    // std::io::copy between a pipe and a file lets the kernel move the bytes (splice).
-    let copied = match input {
-        Stream::Stdin => std::io::copy(&mut std::io::stdin().lock(), &mut out),
-        Stream::Reader(mut reader) => std::io::copy(&mut reader, &mut out),
-    };
-    copied.map_err(|err| Error::Read {
-        what: "standard input".into(),
-        source: err,
-    })?;
-    Ok((dir, file))
-}
-
 /// The source path recorded in the snapshot: resolved (no `..`, no links) when it exists.
-fn display_path(spec: &SourceSpec) -> PathBuf {
-    match spec {
-        SourceSpec::Sqlite { path, .. } | SourceSpec::Directory { path, .. } => {
-            std::fs::canonicalize(path)
-                .or_else(|_| absolute(path))
-                .unwrap_or_else(|_| path.clone())
-        }
-        SourceSpec::Stream { .. } => PathBuf::from("stdin"),
+fn display_path(plan: &Planned) -> PathBuf {
+    match plan {
+        Planned::Single(
+            SourceSpec::Sqlite { path, .. } | SourceSpec::Directory { path, .. },
+            _,
+        ) => std::fs::canonicalize(path)
+            .or_else(|_| absolute(path))
+            .unwrap_or_else(|_| path.clone()),
+        Planned::Dump(dump) => PathBuf::from(&dump.source),
+        Planned::Single(_, _) => PathBuf::from("stdin"),
     }
 }
 
@@ -395,6 +611,7 @@ fn archive_options() -> BackupOptions {
 /// Fills sizes and hashes into the catalog items from what the readers recorded.
 fn build_catalog(
     mut items: Vec<CatalogItem>,
+    facts: &[Option<DumpFacts>],
     collector: &Collector,
     job: Option<String>,
 ) -> Result<Catalog> {
@@ -410,11 +627,20 @@ fn build_catalog(
                 digest.size,
                 &digest.sha256,
             )),
-            ItemKind::Sqlite | ItemKind::Stream => item.sha256 = digest.sha256.clone(),
+            _ => item.sha256 = digest.sha256.clone(),
         }
     }
     for (index, skip) in skipped {
         items[index].skipped.push(skip);
+    }
+    for (item, fact) in items.iter_mut().zip(facts) {
+        if let Some(fact) = fact {
+            item.tables = fact
+                .tables
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+        }
     }
     for (item, manifest) in items.iter_mut().zip(manifests) {
         if item.kind == ItemKind::Directory {

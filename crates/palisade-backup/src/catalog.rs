@@ -24,6 +24,11 @@ pub enum ItemKind {
     Directory,
     /// A byte stream read from standard input (a dump, say).
     Stream,
+    /// A PostgreSQL database (`pg_dump`'s custom format) or the server's roles and tablespaces
+    /// (`pg_dumpall --globals-only`, plain SQL).
+    Postgres,
+    /// A MariaDB or MySQL database (`mariadb-dump`/`mysqldump`, plain SQL).
+    Mysql,
 }
 
 impl ItemKind {
@@ -33,6 +38,8 @@ impl ItemKind {
             Self::Sqlite => "databases",
             Self::Directory => "files",
             Self::Stream => "dumps",
+            Self::Postgres => "postgres",
+            Self::Mysql => "mysql",
         }
     }
 }
@@ -55,9 +62,20 @@ pub struct CatalogItem {
     pub sha256: String,
     /// Regular files read (1 for a database or a stream).
     pub files: u64,
-    /// For a database: the row count of each table, read from the copy that was stored.
+    /// For a database: the row count of each table, read from the copy that was stored (for
+    /// PostgreSQL, in the very snapshot `pg_dump` read; for MySQL, counted in the dump itself).
+    /// PostgreSQL and MySQL names are `schema.table`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tables: Option<BTreeMap<String, u64>>,
+    /// For a PostgreSQL or MySQL item: the database it holds (`None` for PostgreSQL globals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// For a PostgreSQL or MySQL item: the server's version, as the server reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
+    /// For a dump: the tool and version that wrote it (`pg_dump (PostgreSQL) 15.8`, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dumped_by: Option<String>,
     /// For a database: the SQLite library version that made the copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sqlite_version: Option<String>,
@@ -144,6 +162,9 @@ mod tests {
                 files: 1,
                 tables: Some(BTreeMap::from([("users".into(), 3)])),
                 sqlite_version: Some("3.50.0".into()),
+                database: None,
+                server_version: None,
+                dumped_by: None,
                 skipped: vec![],
             }],
         };

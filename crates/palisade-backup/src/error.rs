@@ -132,6 +132,41 @@ pub enum Error {
     #[error("no key matches `{id}`; list them with `palisade key list`")]
     NoSuchKey { id: String },
 
+    /// A database server URL that cannot be used.
+    #[error("bad database URL: {reason}")]
+    BadDatabaseUrl { reason: String },
+
+    /// A database tool (pg_dump, mariadb-dump, ...) is not installed where Palisade looks.
+    #[error("{tool} was not found {place}; {install}")]
+    MissingTool {
+        tool: String,
+        place: String,
+        install: String,
+    },
+
+    /// A database server refused or failed a request; the reason says what to fix.
+    #[error("{server}: {reason}")]
+    Database { server: String, reason: String },
+
+    /// A restore would replace a database that holds data.
+    #[error(
+        "database `{database}` on {server} already holds {relations} table(s) or other          relation(s); restore under another name with --as NAME, or pass --clean to drop and          recreate it"
+    )]
+    DatabaseNotEmpty {
+        server: String,
+        database: String,
+        relations: u64,
+    },
+
+    /// A restored database does not hold the rows the catalog recorded.
+    #[error(
+        "database `{database}` was restored but its row counts differ from the catalog's:          {differences}"
+    )]
+    RowCountMismatch {
+        database: String,
+        differences: String,
+    },
+
     /// An error reported by rustic_core that has no more specific variant here.
     #[error("{context}: {message}")]
     Repository { context: String, message: String },

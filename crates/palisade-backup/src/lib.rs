@@ -7,9 +7,13 @@
 
 pub mod backup;
 pub mod catalog;
+mod dbrestore;
+mod dump;
 mod error;
 mod hashing;
 pub mod inspect;
+pub mod mysql;
+pub mod postgres;
 pub mod repository;
 pub mod restore;
 pub mod snapshot;
@@ -19,8 +23,12 @@ pub mod sqlite;
 pub use crate::{
     backup::{BackupReport, BackupRequest, Stream, backup},
     catalog::{CATALOG_PATH, Catalog, CatalogItem, ItemKind},
+    dbrestore::{DatabaseRestoreReport, DatabaseRestored},
+    dump::DbUrl,
     error::{Error, Result},
     inspect::{CheckReport, ReadData, Stats, check, stats},
+    mysql::{MysqlRestore, MysqlSource},
+    postgres::{PostgresRestore, PostgresSource},
     repository::{ChunkerOptions, KeyInfo, Location, Password, Repo, S3Repository},
     restore::{RestoreReport, RestoreRequest, restore},
     snapshot::{SnapshotInfo, TreeEntry, catalog, snapshots, tree},

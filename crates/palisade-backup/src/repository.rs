@@ -1,13 +1,16 @@
 //! Opening, creating and re-keying repositories, and the backend wrapper Palisade writes through.
 
 use std::{
+    collections::HashMap,
     fmt,
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
 };
+
+use bytes::Bytes;
 
 use palisade_s3::{S3Backend, S3Location, S3Options};
 use rustic_backend::LocalBackend;
@@ -181,18 +184,36 @@ impl Drop for Password {
 #[derive(Debug)]
 pub(crate) struct PalisadeBackend {
     inner: Arc<dyn WriteBackend>,
-    hold_snapshots: AtomicBool,
+    snapshots: Mutex<SnapshotWrites>,
+    /// Index files written while recording (see [`PalisadeBackend::record_index`]).
+    recorded_index: Mutex<Option<Vec<Id>>>,
+    /// Index files that listings leave out.
+    hidden_index: Mutex<Vec<Id>>,
     hold_config: AtomicBool,
-    last_snapshot: std::sync::Mutex<Option<Id>>,
+    last_snapshot: Mutex<Option<Id>>,
+}
+
+/// What happens to snapshot files written through the wrapper.
+#[derive(Debug, Default)]
+pub(crate) enum SnapshotWrites {
+    /// Written to the repository.
+    #[default]
+    Store,
+    /// Discarded: a pass of a multi-pass backup saves a snapshot nobody must see.
+    Discard,
+    /// Kept in memory, invisible to listings but readable by id through this wrapper.
+    Capture(HashMap<Id, Bytes>),
 }
 
 impl PalisadeBackend {
     fn new(inner: Arc<dyn WriteBackend>) -> Self {
         Self {
             inner,
-            hold_snapshots: AtomicBool::new(false),
+            snapshots: Mutex::new(SnapshotWrites::Store),
+            recorded_index: Mutex::new(None),
+            hidden_index: Mutex::new(Vec::new()),
             hold_config: AtomicBool::new(false),
-            last_snapshot: std::sync::Mutex::new(None),
+            last_snapshot: Mutex::new(None),
         }
     }
 
@@ -204,16 +225,44 @@ impl PalisadeBackend {
 
     /// The id of the last snapshot file written through this backend.
     pub(crate) fn last_snapshot(&self) -> Option<Id> {
-        *self
-            .last_snapshot
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        *lock(&self.last_snapshot)
     }
 
-    /// While `hold` is true, snapshot files are not written (their content is discarded).
-    pub(crate) fn hold_snapshots(&self, hold: bool) {
-        self.hold_snapshots.store(hold, Ordering::SeqCst);
+    /// Starts (`true`) or ends (`false`) recording which index files are written; the end
+    /// returns them.
+    pub(crate) fn record_index(&self, on: bool) -> Vec<Id> {
+        let mut recorded = lock(&self.recorded_index);
+        let before = recorded.take().unwrap_or_default();
+        if on {
+            *recorded = Some(Vec::new());
+        }
+        before
     }
+
+    /// Makes listings of index files leave `ids` out (an empty list shows all again).
+    pub(crate) fn hide_index(&self, ids: Vec<Id>) {
+        *lock(&self.hidden_index) = ids;
+    }
+
+    /// The ids of the snapshot files captured since [`SnapshotWrites::Capture`] was set.
+    pub(crate) fn captured_snapshots(&self) -> Vec<Id> {
+        match &*lock(&self.snapshots) {
+            SnapshotWrites::Capture(captured) => captured.keys().copied().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Sets what happens to snapshot files from now on; returns what was captured before.
+    pub(crate) fn snapshot_writes(&self, mode: SnapshotWrites) -> SnapshotWrites {
+        std::mem::replace(&mut *lock(&self.snapshots), mode)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock only means another thread panicked; the value stays usable.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl ReadBackend for PalisadeBackend {
@@ -222,10 +271,21 @@ impl ReadBackend for PalisadeBackend {
     }
 
     fn list_with_size(&self, tpe: FileType) -> RusticResult<Vec<(Id, u32)>> {
-        self.inner.list_with_size(tpe)
+        let mut listed = self.inner.list_with_size(tpe)?;
+        if tpe == FileType::Index {
+            let hidden = lock(&self.hidden_index);
+            listed.retain(|(id, _)| !hidden.contains(id));
+        }
+        Ok(listed)
     }
 
     fn read_full(&self, tpe: FileType, id: &Id) -> RusticResult<bytes::Bytes> {
+        if tpe == FileType::Snapshot
+            && let SnapshotWrites::Capture(captured) = &*lock(&self.snapshots)
+            && let Some(bytes) = captured.get(id)
+        {
+            return Ok(bytes.clone());
+        }
         self.inner.read_full(tpe, id)
     }
 
@@ -269,15 +329,26 @@ impl WriteBackend for PalisadeBackend {
             return Ok(());
         }
         if tpe == FileType::Snapshot {
-            if self.hold_snapshots.load(Ordering::SeqCst) {
-                return Ok(());
+            match &mut *lock(&self.snapshots) {
+                SnapshotWrites::Store => {}
+                SnapshotWrites::Discard => return Ok(()),
+                SnapshotWrites::Capture(captured) => {
+                    let mut bytes = Vec::new();
+                    for part in content.slice() {
+                        bytes.extend_from_slice(part);
+                    }
+                    captured.insert(*id, Bytes::from(bytes));
+                    return Ok(());
+                }
             }
             self.inner.write_bytes(tpe, id, cacheable, content)?;
-            *self
-                .last_snapshot
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(*id);
+            *lock(&self.last_snapshot) = Some(*id);
             return Ok(());
+        }
+        if tpe == FileType::Index
+            && let Some(recorded) = lock(&self.recorded_index).as_mut()
+        {
+            recorded.push(*id);
         }
         self.inner.write_bytes(tpe, id, cacheable, content)
     }

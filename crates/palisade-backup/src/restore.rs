@@ -402,7 +402,9 @@ fn verify(
 ) -> Result<Option<bool>, String> {
     let Some(item) = item else { return Ok(None) };
     let (size, sha256) = match item.kind {
-        ItemKind::Sqlite | ItemKind::Stream => hash_file(&target.join(&item.path))?,
+        ItemKind::Sqlite | ItemKind::Stream | ItemKind::Postgres | ItemKind::Mysql => {
+            hash_file(&target.join(&item.path))?
+        }
         ItemKind::Directory => manifest_digest(target, entries, Path::new(&item.path))?,
     };
     if size != item.size || sha256 != item.sha256 {

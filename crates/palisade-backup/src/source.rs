@@ -9,6 +9,7 @@ use std::{
     fs::File,
     io::Read,
     path::{Path, PathBuf},
+    sync::Mutex,
 };
 
 use rustic_core::{
@@ -20,6 +21,7 @@ use rustic_core::{
 use crate::{
     Error, Result,
     catalog::ItemKind,
+    dump::Start,
     hashing::{Collector, HashingReader},
 };
 
@@ -36,6 +38,10 @@ pub enum SourceSpec {
     },
     /// Standard input, stored under `name`.
     Stream { name: String },
+    /// Databases of a PostgreSQL server, each dumped while the archive reads it.
+    Postgres(crate::postgres::PostgresSource),
+    /// Databases of a MariaDB or MySQL server, each dumped while the archive reads it.
+    Mysql(crate::mysql::MysqlSource),
 }
 
 impl SourceSpec {
@@ -45,6 +51,8 @@ impl SourceSpec {
             Self::Sqlite { .. } => ItemKind::Sqlite,
             Self::Directory { .. } => ItemKind::Directory,
             Self::Stream { .. } => ItemKind::Stream,
+            Self::Postgres(_) => ItemKind::Postgres,
+            Self::Mysql(_) => ItemKind::Mysql,
         }
     }
 
@@ -53,6 +61,12 @@ impl SourceSpec {
         let (path, name) = match self {
             Self::Sqlite { path, name } | Self::Directory { path, name, .. } => (path, name),
             Self::Stream { name } => return validate_name(name),
+            Self::Postgres(_) | Self::Mysql(_) => {
+                return Err(Error::BadItemName {
+                    name: String::new(),
+                    reason: "a database server is stored as one item per database".into(),
+                });
+            }
         };
         if let Some(name) = name {
             return validate_name(name);
@@ -136,15 +150,32 @@ impl WalkedDir {
     }
 }
 
+/// A stream read once, while the archive runs, with no copy of it on disk.
+///
+/// Its size is not known when the archiver needs the file's node, so the node first records 0;
+/// the backup corrects it from the stored chunks before the snapshot is written.
+pub(crate) struct StreamedFile {
+    pub(crate) item: usize,
+    pub(crate) snapshot_path: PathBuf,
+    pub(crate) start: Mutex<Option<Start>>,
+}
+
 /// One part of the snapshot tree, in the order it is archived.
 pub(crate) enum Part {
     Ready(ReadyFile),
+    Stream(StreamedFile),
     Walk(Box<WalkedDir>),
+}
+
+/// Where an entry's bytes come from.
+enum Opener {
+    File(PathBuf),
+    Stream(Option<Start>),
 }
 
 /// How the archiver opens an entry: through a hashing reader that reports to the collector.
 pub(crate) struct TrackedOpen {
-    path: PathBuf,
+    opener: Opener,
     item: usize,
     relative: PathBuf,
     collector: Collector,
@@ -154,24 +185,36 @@ impl ReadSourceOpen for TrackedOpen {
     type Reader = HashingReader<Box<dyn Read + Send>>;
 
     fn open(self) -> RusticResult<Self::Reader> {
-        let path = self.path;
-        match File::open(&path) {
-            Ok(file) => Ok(HashingReader::new(
-                Box::new(file),
+        let (opened, shown) = match self.opener {
+            Opener::File(path) => (
+                File::open(&path).map(|file| Box::new(file) as Box<dyn Read + Send>),
+                path.display().to_string(),
+            ),
+            Opener::Stream(start) => (
+                start.map_or_else(
+                    || Err(std::io::Error::other("the stream was already read")),
+                    |start| start(),
+                ),
+                self.relative.display().to_string(),
+            ),
+        };
+        match opened {
+            Ok(reader) => Ok(HashingReader::new(
+                reader,
                 self.item,
                 self.relative,
                 self.collector,
             )),
             Err(err) => {
-                let shown = self.relative.to_string_lossy().into_owned();
+                let relative = self.relative.to_string_lossy().into_owned();
                 self.collector
-                    .skip(self.item, shown, format!("cannot open: {err}"));
+                    .skip(self.item, relative, format!("cannot open: {err}"));
                 Err(rustic_core::RusticError::with_source(
                     rustic_core::ErrorKind::InputOutput,
                     "Failed to open `{path}`.",
                     err,
                 )
-                .attach_context("path", path.display().to_string()))
+                .attach_context("path", shown))
             }
         }
     }
@@ -194,6 +237,7 @@ impl ReadSource for DataSource {
         for part in &self.parts {
             total += match part {
                 Part::Ready(file) => file.size,
+                Part::Stream(_) => 0,
                 Part::Walk(dir) => dir.source.size()?.unwrap_or_default(),
             };
         }
@@ -213,6 +257,7 @@ impl ReadSource for DataSource {
             }
             let next: Self::Iter = match part {
                 Part::Ready(file) => Box::new(std::iter::once(Ok(self.ready_entry(file)))),
+                Part::Stream(stream) => Box::new(std::iter::once(Ok(self.stream_entry(stream)))),
                 Part::Walk(dir) => {
                     let root = std::fs::metadata(&dir.root).ok();
                     let root = std::iter::once(Ok(dir_entry(&dir.snapshot_path, root)));
@@ -229,6 +274,7 @@ impl Part {
     fn snapshot_path(&self) -> &Path {
         match self {
             Self::Ready(file) => &file.snapshot_path,
+            Self::Stream(stream) => &stream.snapshot_path,
             Self::Walk(dir) => &dir.snapshot_path,
         }
     }
@@ -273,8 +319,36 @@ impl DataSource {
             path: file.snapshot_path.clone(),
             node: Node::new_node(name, NodeType::File, meta),
             open: Some(TrackedOpen {
-                path: file.file.clone(),
+                opener: Opener::File(file.file.clone()),
                 item: file.item,
+                relative: PathBuf::new(),
+                collector: self.collector.clone(),
+            }),
+        }
+    }
+
+    fn stream_entry(&self, stream: &StreamedFile) -> ReadSourceEntry<TrackedOpen> {
+        let name = stream
+            .snapshot_path
+            .file_name()
+            .unwrap_or(OsStr::new("item"));
+        let meta = Metadata {
+            mode: Some(0o600),
+            mtime: Some(rustic_core::jiff::Timestamp::now()),
+            size: 0,
+            ..Metadata::default()
+        };
+        let start = stream
+            .start
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        ReadSourceEntry {
+            path: stream.snapshot_path.clone(),
+            node: Node::new_node(name, NodeType::File, meta),
+            open: Some(TrackedOpen {
+                opener: Opener::Stream(start),
+                item: stream.item,
                 relative: PathBuf::new(),
                 collector: self.collector.clone(),
             }),
@@ -300,7 +374,7 @@ impl DataSource {
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|_| entry.path.clone());
             let open = entry.open.map(|_| TrackedOpen {
-                path: entry.path.clone(),
+                opener: Opener::File(entry.path.clone()),
                 item,
                 relative: relative.clone(),
                 collector: collector.clone(),

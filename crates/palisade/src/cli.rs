@@ -136,6 +136,22 @@ pub struct BackupArgs {
     /// Glob of paths to leave out of --dir directories (repeatable).
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
+    /// PostgreSQL server to dump: postgresql://USER@HOST:PORT/DB or
+    /// postgresql:///DB?host=/run/postgresql. Every database, unless --database is given. Keep
+    /// the password in PGPASSWORD or ~/.pgpass, not on the command line.
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
+    /// MariaDB or MySQL server to dump: mysql://USER@HOST:PORT/ or
+    /// mysql://USER@localhost/?socket=PATH. Every database, unless --database is given.
+    #[arg(long, value_name = "URL")]
+    pub mysql: Option<String>,
+    /// Database of the --postgres or --mysql server to dump (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub database: Vec<String>,
+    /// Leave out PostgreSQL's roles and tablespaces (pg_dumpall --globals-only needs a
+    /// superuser).
+    #[arg(long, requires = "postgres")]
+    pub no_globals: bool,
     /// Read a stream (a dump, say) from standard input.
     #[arg(long, requires = "name")]
     pub stdin: bool,
@@ -143,7 +159,7 @@ pub struct BackupArgs {
     #[arg(long, value_name = "NAME", requires = "stdin")]
     pub name: Option<String>,
     /// Run only this job from the config file.
-    #[arg(long, value_name = "NAME", conflicts_with_all = ["sqlite", "dir", "stdin"])]
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["sqlite", "dir", "stdin", "postgres", "mysql"])]
     pub job: Option<String>,
     /// Tag for the snapshot (repeatable).
     #[arg(long, value_name = "TAG")]
@@ -164,8 +180,32 @@ pub struct RestoreArgs {
     /// Snapshot id (or a prefix of it), or `latest`.
     pub snapshot: String,
     /// Directory to restore into (created when missing).
-    #[arg(long, value_name = "DIR")]
-    pub target: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present_any = ["postgres", "mysql"], conflicts_with_all = ["postgres", "mysql"])]
+    pub target: Option<PathBuf>,
+    /// Restore the snapshot's PostgreSQL databases into this server instead (its URL's database
+    /// is where Palisade connects to create the others).
+    #[arg(long, value_name = "URL", conflicts_with = "mysql")]
+    pub postgres: Option<String>,
+    /// Restore the snapshot's MariaDB/MySQL databases into this server instead.
+    #[arg(long, value_name = "URL")]
+    pub mysql: Option<String>,
+    /// Restore only this database of the snapshot.
+    #[arg(long, value_name = "NAME")]
+    pub database: Option<String>,
+    /// Restore the database under this name instead of its own.
+    #[arg(long = "as", value_name = "NEWNAME")]
+    pub rename: Option<String>,
+    /// Drop and recreate a target database that already holds tables.
+    #[arg(long)]
+    pub clean: bool,
+    /// PostgreSQL: make the restoring user the owner of every object (for a server without
+    /// the dump's roles).
+    #[arg(long, requires = "postgres")]
+    pub no_owner: bool,
+    /// PostgreSQL: apply the snapshot's roles and tablespaces first; roles that already exist
+    /// are reported, not fatal.
+    #[arg(long, requires = "postgres")]
+    pub globals: bool,
     /// Restore only this item (name or snapshot path; repeatable).
     #[arg(long, value_name = "ITEM")]
     pub include: Vec<String>,

@@ -6,7 +6,7 @@ use std::{io::Write, path::PathBuf, sync::Arc};
 use anyhow::{Context, Result, bail};
 use bytesize::ByteSize;
 use palisade_backup::{
-    BackupReport, BackupRequest, ChunkerOptions, Location, Password, ReadData, Repo,
+    BackupReport, BackupRequest, ChunkerOptions, DbUrl, Location, Password, ReadData, Repo,
     RestoreRequest, SourceSpec,
 };
 use rustic_core::ProgressBars;
@@ -189,7 +189,7 @@ impl Session {
     }
 
     fn backup(&self, args: BackupArgs) -> Result<Outcome> {
-        let ad_hoc = ad_hoc_sources(&args);
+        let ad_hoc = ad_hoc_sources(&args)?;
         if !ad_hoc.is_empty() {
             let repo = self.open()?;
             let stream = args.stdin.then_some(palisade_backup::Stream::Stdin);
@@ -206,8 +206,8 @@ impl Session {
             ),
             Some(name) => vec![self.config.job(name)?.clone()],
             None if self.config.jobs.is_empty() => bail!(
-                "nothing to back up: pass --sqlite FILE, --dir DIR or --stdin --name NAME, or \
-                 define [[jobs]] in {}",
+                "nothing to back up: pass --sqlite FILE, --dir DIR, --postgres URL, --mysql URL \
+                 or --stdin --name NAME, or define [[jobs]] in {}",
                 self.global.config.display()
             ),
             None => self.config.jobs.clone(),
@@ -227,7 +227,7 @@ impl Session {
                 Ok(palisade_backup::backup(
                     &repo,
                     self.request(
-                        job.specs(),
+                        job.specs()?,
                         None,
                         Some(job.name.clone()),
                         &tags,
@@ -375,12 +375,21 @@ impl Session {
     }
 
     fn restore(&self, args: crate::cli::RestoreArgs) -> Result<Outcome> {
+        if args.postgres.is_some() || args.mysql.is_some() {
+            return self.restore_database(args);
+        }
+        if args.database.is_some() || args.rename.is_some() || args.clean {
+            bail!(
+                "--database, --as and --clean restore into a database server; add --postgres URL \
+                 or --mysql URL (or use --target DIR and --include ITEM for files)"
+            );
+        }
         let repo = self.open()?;
         let report = palisade_backup::restore(
             &repo,
             &RestoreRequest {
                 snapshot: args.snapshot,
-                target: args.target,
+                target: args.target.expect("clap requires --target here"),
                 include: args.include,
                 overwrite: args.overwrite,
             },
@@ -395,6 +404,69 @@ impl Session {
                 ByteSize(r.bytes).display().iec(),
                 verified
             )
+        })
+    }
+
+    fn restore_database(&self, args: crate::cli::RestoreArgs) -> Result<Outcome> {
+        if !args.include.is_empty() || args.overwrite {
+            bail!(
+                "--include and --overwrite apply to --target restores; choose a database with --database"
+            );
+        }
+        let repo = self.open()?;
+        let report = if let Some(url) = &args.postgres {
+            palisade_backup::postgres::restore(
+                &repo,
+                &palisade_backup::PostgresRestore {
+                    snapshot: args.snapshot,
+                    url: DbUrl::parse(url, palisade_backup::postgres::SCHEMES)?,
+                    database: args.database,
+                    rename: args.rename,
+                    clean: args.clean,
+                    no_owner: args.no_owner,
+                    globals: args.globals,
+                    bin_dir: None,
+                },
+            )?
+        } else {
+            palisade_backup::mysql::restore(
+                &repo,
+                &palisade_backup::MysqlRestore {
+                    snapshot: args.snapshot,
+                    url: DbUrl::parse(
+                        args.mysql.as_deref().unwrap_or_default(),
+                        palisade_backup::mysql::SCHEMES,
+                    )?,
+                    database: args.database,
+                    rename: args.rename,
+                    clean: args.clean,
+                    bin_dir: None,
+                },
+            )?
+        };
+        if !self.global.json {
+            for warning in &report.warnings {
+                eprintln!("palisade: warning: {warning}");
+            }
+        }
+        self.print(&report, |r| {
+            let mut out = String::new();
+            for db in &r.databases {
+                out.push_str(&format!(
+                    "restored database {} as {}: {}, {} table(s), {} row(s), row counts match the catalog\n",
+                    db.database,
+                    db.target,
+                    ByteSize(db.bytes).display().iec(),
+                    db.tables,
+                    db.rows
+                ));
+            }
+            out.push_str(&format!(
+                "restored snapshot {} into {}",
+                &r.snapshot[..8.min(r.snapshot.len())],
+                r.server
+            ));
+            out
         })
     }
 
@@ -510,7 +582,10 @@ impl Session {
     }
 }
 
-fn ad_hoc_sources(args: &BackupArgs) -> Vec<SourceSpec> {
+fn ad_hoc_sources(args: &BackupArgs) -> Result<Vec<SourceSpec>> {
+    if !args.database.is_empty() && args.postgres.is_none() && args.mysql.is_none() {
+        bail!("--database chooses databases of a --postgres or --mysql server; add one");
+    }
     let mut specs: Vec<SourceSpec> = args
         .sqlite
         .iter()
@@ -527,7 +602,22 @@ fn ad_hoc_sources(args: &BackupArgs) -> Vec<SourceSpec> {
     if let (true, Some(name)) = (args.stdin, &args.name) {
         specs.push(SourceSpec::Stream { name: name.clone() });
     }
-    specs
+    if let Some(url) = &args.postgres {
+        specs.push(SourceSpec::Postgres(palisade_backup::PostgresSource {
+            url: DbUrl::parse(url, palisade_backup::postgres::SCHEMES)?,
+            databases: args.database.clone(),
+            globals: !args.no_globals,
+            bin_dir: None,
+        }));
+    }
+    if let Some(url) = &args.mysql {
+        specs.push(SourceSpec::Mysql(palisade_backup::MysqlSource {
+            url: DbUrl::parse(url, palisade_backup::mysql::SCHEMES)?,
+            databases: args.database.clone(),
+            bin_dir: None,
+        }));
+    }
+    Ok(specs)
 }
 
 fn read_password_file(path: &std::path::Path) -> Result<Password> {

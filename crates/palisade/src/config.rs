@@ -95,7 +95,7 @@ pub struct Job {
     pub tags: Vec<String>,
 }
 
-/// One source of a job: exactly one of `sqlite` or `dir`.
+/// One source of a job: exactly one of `sqlite`, `dir`, `postgres` or `mysql`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Source {
@@ -103,6 +103,17 @@ pub struct Source {
     pub sqlite: Option<PathBuf>,
     /// A directory.
     pub dir: Option<PathBuf>,
+    /// A PostgreSQL server URL (the password belongs in PGPASSWORD or ~/.pgpass).
+    pub postgres: Option<String>,
+    /// A MariaDB/MySQL server URL.
+    pub mysql: Option<String>,
+    /// Databases of the server to dump (default: all).
+    #[serde(default)]
+    pub databases: Vec<String>,
+    /// PostgreSQL: also dump roles and tablespaces (default true; needs a superuser).
+    pub globals: Option<bool>,
+    /// Folder of the database tools, instead of PATH.
+    pub bin_dir: Option<PathBuf>,
     /// Item name in the snapshot (default: the file or folder name).
     pub name: Option<String>,
     /// Globs to leave out of a directory.
@@ -183,6 +194,7 @@ impl Config {
             for source in &mut job.sources {
                 source.sqlite.as_mut().map(fix);
                 source.dir.as_mut().map(fix);
+                source.bin_dir.as_mut().map(fix);
             }
         }
     }
@@ -244,14 +256,53 @@ impl Config {
                     .map_err(|err| (at("repository"), err.to_string()))?;
             }
             for source in &job.sources {
-                if source.sqlite.is_some() == source.dir.is_some() {
+                let kinds = [
+                    source.sqlite.is_some(),
+                    source.dir.is_some(),
+                    source.postgres.is_some(),
+                    source.mysql.is_some(),
+                ];
+                if kinds.iter().filter(|k| **k).count() != 1 {
                     return Err((
                         at("sources"),
                         format!(
-                            "each source of job `{}` needs exactly one of `sqlite` or `dir`",
+                            "each source of job `{}` needs exactly one of `sqlite`, `dir`, \
+                             `postgres` or `mysql`",
                             job.name
                         ),
                     ));
+                }
+                let server = source.postgres.is_some() || source.mysql.is_some();
+                if !server
+                    && (!source.databases.is_empty()
+                        || source.globals.is_some()
+                        || source.bin_dir.is_some())
+                {
+                    return Err((
+                        at("sources"),
+                        format!(
+                            "`databases`, `globals` and `bin_dir` only apply to `postgres` and \
+                             `mysql` sources (job `{}`)",
+                            job.name
+                        ),
+                    ));
+                }
+                if source.mysql.is_some() && source.globals.is_some() {
+                    return Err((
+                        at("sources"),
+                        format!(
+                            "`globals` only applies to `postgres` sources (job `{}`)",
+                            job.name
+                        ),
+                    ));
+                }
+                if let Some(url) = &source.postgres {
+                    palisade_backup::DbUrl::parse(url, palisade_backup::postgres::SCHEMES)
+                        .map_err(|err| (at("sources"), format!("job `{}`: {err}", job.name)))?;
+                }
+                if let Some(url) = &source.mysql {
+                    palisade_backup::DbUrl::parse(url, palisade_backup::mysql::SCHEMES)
+                        .map_err(|err| (at("sources"), format!("job `{}`: {err}", job.name)))?;
                 }
                 if source.sqlite.is_some() && !source.exclude.is_empty() {
                     return Err((
@@ -284,20 +335,39 @@ impl Config {
 }
 
 impl Job {
-    /// The job's sources as engine specs.
-    pub fn specs(&self) -> Vec<SourceSpec> {
+    /// The job's sources as engine specs (the file was validated, so every URL parses).
+    pub fn specs(&self) -> Result<Vec<SourceSpec>> {
         self.sources
             .iter()
-            .map(|s| match (&s.sqlite, &s.dir) {
-                (Some(path), _) => SourceSpec::Sqlite {
-                    path: path.clone(),
-                    name: s.name.clone(),
-                },
-                (None, dir) => SourceSpec::Directory {
-                    path: dir.clone().unwrap_or_default(),
-                    name: s.name.clone(),
-                    exclude: s.exclude.clone(),
-                },
+            .map(|s| {
+                Ok(if let Some(path) = &s.sqlite {
+                    SourceSpec::Sqlite {
+                        path: path.clone(),
+                        name: s.name.clone(),
+                    }
+                } else if let Some(url) = &s.postgres {
+                    SourceSpec::Postgres(palisade_backup::PostgresSource {
+                        url: palisade_backup::DbUrl::parse(
+                            url,
+                            palisade_backup::postgres::SCHEMES,
+                        )?,
+                        databases: s.databases.clone(),
+                        globals: s.globals.unwrap_or(true),
+                        bin_dir: s.bin_dir.clone(),
+                    })
+                } else if let Some(url) = &s.mysql {
+                    SourceSpec::Mysql(palisade_backup::MysqlSource {
+                        url: palisade_backup::DbUrl::parse(url, palisade_backup::mysql::SCHEMES)?,
+                        databases: s.databases.clone(),
+                        bin_dir: s.bin_dir.clone(),
+                    })
+                } else {
+                    SourceSpec::Directory {
+                        path: s.dir.clone().unwrap_or_default(),
+                        name: s.name.clone(),
+                        exclude: s.exclude.clone(),
+                    }
+                })
             })
             .collect()
     }
@@ -369,7 +439,7 @@ mod tests {
         )
         .unwrap();
         assert!(Path::new(config.repository_location().unwrap()).is_absolute());
-        let specs = config.job("app").unwrap().specs();
+        let specs = config.job("app").unwrap().specs().unwrap();
         assert!(matches!(&specs[0], SourceSpec::Sqlite { path, .. } if path.is_absolute()));
         assert!(
             matches!(&specs[1], SourceSpec::Directory { exclude, .. } if exclude == &["*.tmp"])

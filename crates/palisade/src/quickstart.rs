@@ -78,7 +78,7 @@ pub fn run(dir: &Path, global: &Global) -> Result<Outcome> {
     let report = palisade_backup::backup(
         &repo,
         palisade_backup::BackupRequest {
-            sources: job.specs(),
+            sources: job.specs()?,
             stream: None,
             job: Some(job.name.clone()),
             tags: vec!["quickstart".into()],

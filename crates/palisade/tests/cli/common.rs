@@ -224,7 +224,7 @@ impl Env {
     }
 
     /// Starts `palisade backup --stdin --name NAME`, writes `first` to it and leaves the pipe
-    /// open, so that the backup waits in its spooling step.
+    /// open, so that the backup waits for the rest.
     pub fn start_stream(
         &self,
         name: &str,

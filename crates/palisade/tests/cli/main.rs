@@ -4,6 +4,7 @@ mod bad_input;
 #[macro_use]
 mod common;
 mod compat;
+mod databases;
 mod jobs;
 mod restore;
 mod roundtrip;
