@@ -136,17 +136,25 @@ pub(crate) fn feed(
         })?;
     let stderr = collect_stderr(&mut child);
     let stdin = child.stdin.take().expect("stdin is piped");
+    // A bar on a terminal, nothing otherwise (the caller prints one line per database).
+    let progress = open
+        .repo
+        .progress_bytes(&format!("restoring {}", item.path));
+    progress.set_length(item.size);
     let mut writer = HashingWriter {
         inner: stdin,
         hasher: Sha256::new(),
         size: 0,
+        progress,
     };
     let dumped = open.repo.dump(&node, &mut writer);
     let HashingWriter {
         inner,
         hasher,
         size,
+        progress,
     } = writer;
+    progress.finish();
     drop(inner);
     let status = child.wait().map_err(|err| Error::Read {
         what: what.into(),
@@ -182,6 +190,7 @@ struct HashingWriter {
     inner: ChildStdin,
     hasher: Sha256,
     size: u64,
+    progress: rustic_core::Progress,
 }
 
 impl Write for HashingWriter {
@@ -189,6 +198,7 @@ impl Write for HashingWriter {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.size += n as u64;
+        self.progress.inc(n as u64);
         Ok(n)
     }
 

@@ -299,6 +299,9 @@ impl Session {
                 );
             }
             for item in &report.catalog.items {
+                if !self.global.json && !self.global.quiet {
+                    println!("  {}", item_line(item));
+                }
                 for skip in &item.skipped {
                     eprintln!(
                         "palisade: skipped {}/{}: {}",
@@ -580,6 +583,24 @@ impl Session {
         }
         Ok(Outcome::Done)
     }
+}
+
+/// One line about a stored item: its path, size, and what the catalog knows of it.
+fn item_line(item: &palisade_backup::CatalogItem) -> String {
+    let mut line = format!(
+        "{}: {}, sha256 {}",
+        item.path,
+        ByteSize(item.size).display().iec(),
+        &item.sha256[..item.sha256.len().min(12)]
+    );
+    if item.files != 1 || item.kind == palisade_backup::ItemKind::Directory {
+        line.push_str(&format!(", {} file(s)", item.files));
+    }
+    if let Some(tables) = &item.tables {
+        let rows: u64 = tables.values().sum();
+        line.push_str(&format!(", {} table(s), {rows} row(s)", tables.len()));
+    }
+    line
 }
 
 fn ad_hoc_sources(args: &BackupArgs) -> Result<Vec<SourceSpec>> {

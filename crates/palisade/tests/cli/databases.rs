@@ -73,6 +73,8 @@ fn item<'a>(report: &'a serde_json::Value, path: &str) -> &'a serde_json::Value 
 fn postgres_chinook_restores_under_a_new_name_with_every_row() {
     let server = PgServer::start();
     let db = server.load_chinook();
+    // Large objects live outside the tables; pg_dump must carry them too.
+    server.psql(db, "SELECT lo_from_bytea(4242, 'large object bytes')");
     let env = Env::init();
     let report = env.backup(&["--postgres", &server.url("postgres"), "--database", db]);
 
@@ -293,6 +295,67 @@ fn the_password_reaches_pg_dump_only_through_its_environment() {
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(!printed.contains("Sup3r-s3cret"), "{printed}");
     assert!(!stderr(&out).contains("Sup3r-s3cret"));
+}
+
+#[test]
+fn a_second_day_of_postgres_stores_only_what_changed() {
+    let server = PgServer::start();
+    server.psql("postgres", "CREATE DATABASE bench");
+    let init = server
+        .command(palisade_testkit::postgres::bin("pgbench"))
+        .args(["-i", "-s", "2", "-q", "-h"])
+        .arg(server.socket_dir())
+        .args(["-p", &server.port().to_string(), "-U", "postgres", "bench"])
+        .output()
+        .unwrap();
+    assert_status(&init, 0, "pgbench -i");
+    let env = Env::init();
+    let args = [
+        "--postgres",
+        &server.url("postgres"),
+        "--database",
+        "bench",
+        "--no-globals",
+    ];
+    let first = env.backup(&args);
+    let dump = item(&first, "postgres/bench.dump")["size"]
+        .as_u64()
+        .unwrap();
+    assert!(dump > 10 << 20, "the dump is only {dump} bytes");
+    // A day of a small shop: a hundred recent rows change, ten are added. (PostgreSQL writes
+    // an updated row anew at the table's end, and pg_dump reads tables in that order.)
+    server.psql(
+        "bench",
+        "UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid > 199900; \
+         INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) \
+         SELECT 1, 1, g, 5, now() FROM generate_series(1, 10) g",
+    );
+    let second = env.backup(&args);
+    assert_eq!(
+        item(&second, "postgres/bench.dump")["tables"]["public.pgbench_history"],
+        10
+    );
+    let added = second["bytes_added"].as_u64().unwrap();
+    assert!(
+        added * 10 < first["bytes_added"].as_u64().unwrap(),
+        "day 2 added {added} bytes against day 1's {}",
+        first["bytes_added"]
+    );
+}
+
+#[test]
+fn a_pg_dump_older_than_the_server_is_refused_by_name() {
+    let server = PgServer::start();
+    let env = Env::init();
+    let tools = fake_pg_tools(
+        &env,
+        "[ \"$1\" = --version ] && { echo 'pg_dump (PostgreSQL) 12.4'; exit 0; }\nexec \"$REAL\" \"$@\"",
+    );
+    let config = job_config(&env, &server.url("postgres"), &tools);
+    let out = env.expect(&["--config", config.to_str().unwrap(), "backup"], 1);
+    let message = stderr(&out);
+    assert!(message.contains("older than the server"), "{message}");
+    assert!(message.contains("postgresql-client-15"), "{message}");
 }
 
 #[test]
