@@ -233,11 +233,13 @@ impl ReadSource for DataSource {
     type Iter = Box<dyn Iterator<Item = Entry> + Send>;
 
     fn size(&self) -> RusticResult<Option<u64>> {
+        // A stream's length is known only at its end: the progress then counts bytes without
+        // a total.
         let mut total = 0;
         for part in &self.parts {
             total += match part {
                 Part::Ready(file) => file.size,
-                Part::Stream(_) => 0,
+                Part::Stream(_) => return Ok(None),
                 Part::Walk(dir) => dir.source.size()?.unwrap_or_default(),
             };
         }

@@ -9,8 +9,13 @@ use rustic_core::{NoProgressBars, Progress, ProgressBars, ProgressType, RusticPr
 #[derive(Debug, Clone, Copy)]
 struct TerminalBars;
 
+/// A bar, and the style it switches to once its total is known.
 #[derive(Debug)]
-struct Bar(ProgressBar);
+struct Bar(ProgressBar, Option<&'static str>);
+
+/// Bytes with a known total.
+const BYTES_WITH_TOTAL: &str =
+    "{prefix:30} [{elapsed_precise}] {bar:30} {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12}";
 
 impl RusticProgress for Bar {
     fn is_hidden(&self) -> bool {
@@ -18,6 +23,9 @@ impl RusticProgress for Bar {
     }
 
     fn set_length(&self, len: u64) {
+        if let Some(style) = self.1.and_then(|t| ProgressStyle::with_template(t).ok()) {
+            self.0.set_style(style);
+        }
         self.0.set_length(len);
     }
 
@@ -36,9 +44,10 @@ impl RusticProgress for Bar {
 
 impl ProgressBars for TerminalBars {
     fn progress(&self, progress_type: ProgressType, prefix: &str) -> Progress {
+        // A byte count gets its bar once its total is known (a dump's never is).
         let template = match progress_type {
             ProgressType::Bytes => {
-                "{prefix:30} [{elapsed_precise}] {bar:30} {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12}"
+                "{prefix:30} [{elapsed_precise}] {spinner:30} {bytes:>10} {bytes_per_sec:>12}"
             }
             ProgressType::Counter => "{prefix:30} [{elapsed_precise}] {bar:30} {pos:>10}/{len:10}",
             ProgressType::Spinner => "{prefix:30} [{elapsed_precise}] {spinner}",
@@ -49,7 +58,8 @@ impl ProgressBars for TerminalBars {
         bar.set_draw_target(ProgressDrawTarget::stderr());
         bar.set_prefix(prefix.to_string());
         bar.enable_steady_tick(Duration::from_millis(200));
-        Progress::new(Bar(bar))
+        let with_total = matches!(progress_type, ProgressType::Bytes).then_some(BYTES_WITH_TOTAL);
+        Progress::new(Bar(bar, with_total))
     }
 }
 
