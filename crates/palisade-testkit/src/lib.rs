@@ -1,5 +1,11 @@
-//! Test support shared by Palisade's crates: a private moto S3 server per test, found, started
-//! on a free loopback port, awaited and killed on drop, with moto's own control requests.
+//! Test support shared by Palisade's crates: private moto S3, PostgreSQL and MariaDB servers per
+//! test, each started in its own temp dir, awaited, and stopped on drop.
+//!
+//! moto lives here; [`postgres::PgServer`] and [`mariadb::MariaDb`] in their modules.
+
+pub mod mariadb;
+pub mod os_user;
+pub mod postgres;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -36,6 +42,28 @@ pub fn moto_binary() -> PathBuf {
                  which installs it"
             )
         })
+}
+
+/// The shared real-world samples: `../shared/data` beside the repository, read in place and
+/// never copied into it. `PALISADE_SHARED_DATA` points elsewhere (a git worktree one level
+/// deeper than the clone, say).
+pub fn shared_data() -> PathBuf {
+    match std::env::var_os("PALISADE_SHARED_DATA") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data")),
+    }
+}
+
+/// A Chinook sample script, such as `Chinook_PostgreSql.sql`, from [`shared_data`].
+pub fn chinook_sql(name: &str) -> PathBuf {
+    let path = shared_data().join("chinook").join(name);
+    assert!(
+        path.is_file(),
+        "the sample {} is missing; the tests read ../shared/data beside the repository (or \
+         PALISADE_SHARED_DATA)",
+        path.display()
+    );
+    path
 }
 
 /// A loopback port that was free a moment ago.

@@ -10,9 +10,10 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
-/// The shared real-world inputs (`../shared/data` beside the repository).
+/// The shared real-world inputs (`../shared/data` beside the repository, or
+/// `PALISADE_SHARED_DATA`).
 pub fn shared_data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")
+    palisade_testkit::shared_data()
 }
 
 /// The Chinook sample database.
