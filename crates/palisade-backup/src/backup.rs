@@ -52,6 +52,22 @@ pub enum Stream {
     Stdin,
     /// Any reader.
     Reader(Box<dyn Read + Send>),
+    /// A reader, and what completes its catalog item once it has been read to the end (how
+    /// the program that wrote it exited, what it reported).
+    Finished(Box<dyn Read + Send>, FinishItem),
+}
+
+/// Completes a stream's catalog item once the stream is read, or fails the backup.
+pub type FinishItem = Box<dyn FnOnce(&mut CatalogItem) -> Result<()> + Send>;
+
+impl Stream {
+    /// The bytes to read, and what to run once they are read.
+    fn split(self) -> (Self, Option<FinishItem>) {
+        match self {
+            Self::Finished(reader, finish) => (Self::Reader(reader), Some(finish)),
+            other => (other, None),
+        }
+    }
 }
 
 /// The result of a backup.
@@ -261,6 +277,7 @@ fn prepare(
         tables: None,
         sqlite_version: None,
         skipped: Vec::new(),
+        pg_base_backup: None,
     };
     let part = match spec {
         SourceSpec::Sqlite { path, .. } => {
@@ -280,7 +297,11 @@ fn prepare(
                 path: PathBuf::from("stdin"),
                 reason: "no input stream was given".into(),
             })?;
+            let (input, finish) = input.split();
             let (dir, file) = spool(input, name, &request.temp_dir)?;
+            if let Some(finish) = finish {
+                finish(&mut item)?;
+            }
             let now = Some(rustic_core::jiff::Timestamp::now());
             let ready = ready_file(index, snapshot_path, &file, now)?;
             scratch.spools.push(dir);
@@ -344,6 +365,7 @@ fn spool(input: Stream, name: &str, temp_root: &Path) -> Result<(tempfile::TempD
     let copied = match input {
         Stream::Stdin => std::io::copy(&mut std::io::stdin().lock(), &mut out),
         Stream::Reader(mut reader) => std::io::copy(&mut reader, &mut out),
+        Stream::Finished(..) => unreachable!("split before spooling"),
     };
     copied.map_err(|err| Error::Read {
         what: "standard input".into(),

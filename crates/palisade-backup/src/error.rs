@@ -132,6 +132,10 @@ pub enum Error {
     #[error("no key matches `{id}`; list them with `palisade key list`")]
     NoSuchKey { id: String },
 
+    /// Point-in-time recovery: the WAL archive, base backups, PostgreSQL restores.
+    #[error(transparent)]
+    Pg(#[from] crate::pg::PgError),
+
     /// An error reported by rustic_core that has no more specific variant here.
     #[error("{context}: {message}")]
     Repository { context: String, message: String },

@@ -10,6 +10,7 @@ pub mod catalog;
 mod error;
 mod hashing;
 pub mod inspect;
+pub mod pg;
 pub mod repository;
 pub mod restore;
 pub mod snapshot;
@@ -17,7 +18,7 @@ pub mod source;
 pub mod sqlite;
 
 pub use crate::{
-    backup::{BackupReport, BackupRequest, Stream, backup},
+    backup::{BackupReport, BackupRequest, FinishItem, Stream, backup},
     catalog::{CATALOG_PATH, Catalog, CatalogItem, ItemKind},
     error::{Error, Result},
     inspect::{CheckReport, ReadData, Stats, check, stats},

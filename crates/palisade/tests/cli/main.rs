@@ -5,6 +5,7 @@ mod bad_input;
 mod common;
 mod compat;
 mod jobs;
+mod pitr;
 mod restore;
 mod roundtrip;
 mod s3;
