@@ -184,7 +184,7 @@ pub fn restore(repo: &Repo, request: &PgRestoreRequest) -> Result<PgRestoreRepor
     let chosen = choose_base(&bases, request)?;
     let plan = plan_wal(&full, &archive, &chosen.base, request)?;
     prepare_dir(&request.data_dir)?;
-    extract(&full, &chosen, &request.data_dir)?;
+    extract(&full, chosen, &request.data_dir)?;
     write_recovery_settings(&request.data_dir, request, plan.timeline)?;
     Ok(PgRestoreReport {
         snapshot: chosen.snapshot.clone(),

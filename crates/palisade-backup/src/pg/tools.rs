@@ -120,10 +120,10 @@ pub fn redact(url: &str) -> String {
     // postgresql://user:secret@host/db
     if let Some(scheme) = text.find("://") {
         let rest = scheme + 3;
-        if let Some(at) = text[rest..].find('@').map(|i| rest + i) {
-            if let Some(colon) = text[rest..at].find(':').map(|i| rest + i) {
-                text.replace_range(colon + 1..at, "***");
-            }
+        if let Some(at) = text[rest..].find('@').map(|i| rest + i)
+            && let Some(colon) = text[rest..at].find(':').map(|i| rest + i)
+        {
+            text.replace_range(colon + 1..at, "***");
         }
     }
     // password=secret in a query string or a key=value string

@@ -216,6 +216,20 @@ fn pitr_restores_to_a_time_and_an_lsn_and_reports_a_gap() {
     assert_eq!(stages(&restored), "t1:3");
     drop(restored);
 
+    // A target before the base backup is consistent cannot be reached.
+    let message = archive.fails(&[
+        "pg",
+        "restore",
+        "--target-lsn",
+        "0/1000000",
+        "--data-dir",
+        archive.env.path("too-early").to_str().unwrap(),
+    ]);
+    assert!(
+        message.contains("lies before the earliest base backup"),
+        "{message}"
+    );
+
     // A non-empty data directory is refused.
     let message = archive.fails(&[
         "pg",
@@ -363,5 +377,47 @@ fn pitr_bad_input_gets_one_clear_sentence() {
     assert!(
         message.contains("holds no PostgreSQL base backup"),
         "{message}"
+    );
+}
+
+#[test]
+fn wal_check_reports_timelines_without_history_or_parent() {
+    let archive = Archive::new();
+    let wal = archive.env.path("pg_wal");
+    std::fs::create_dir(&wal).unwrap();
+    // Timeline 1 whole; timeline 3 says it branched from timeline 2, which has no WAL; timeline
+    // 4 has a segment and no history file.
+    let files: [(&str, &[u8]); 4] = [
+        ("000000010000000000000001", b"one"),
+        ("000000010000000000000002", b"two"),
+        (
+            "00000003.history",
+            b"1\t0/2000000\tno recovery target specified\n2\t0/2800000\tx\n",
+        ),
+        ("000000040000000000000003", b"four"),
+    ];
+    for (name, content) in files {
+        std::fs::write(wal.join(name), content).unwrap();
+    }
+    archive.user.chown_tree(&wal);
+    for (name, _) in files {
+        archive.ok(&["pg", "archive-push", wal.join(name).to_str().unwrap()]);
+    }
+    let out = archive.palisade(&["pg", "wal-check"]);
+    assert_status(&out, 1, "pg wal-check with timeline problems");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains(
+            "timeline 1: 2 segment(s), 000000010000000000000001 to 000000010000000000000002"
+        ),
+        "{report}"
+    );
+    assert!(
+        report.contains("branched from timeline 2, which has no archived WAL"),
+        "{report}"
+    );
+    assert!(
+        report.contains("timeline 4 has archived segments but no history file 00000004.history"),
+        "{report}"
     );
 }
