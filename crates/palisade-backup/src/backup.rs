@@ -59,6 +59,22 @@ pub enum Stream {
     Stdin,
     /// Any reader.
     Reader(Box<dyn Read + Send>),
+    /// A reader, and what completes its catalog item once it has been read to the end (how
+    /// the program that wrote it exited, what it reported).
+    Finished(Box<dyn Read + Send>, FinishItem),
+}
+
+/// Completes a stream's catalog item once the stream is read, or fails the backup.
+pub type FinishItem = Box<dyn FnOnce(&mut CatalogItem) -> Result<()> + Send>;
+
+impl Stream {
+    /// The bytes to read, and what to run once they are read.
+    fn split(self) -> (Self, Option<FinishItem>) {
+        match self {
+            Self::Finished(reader, finish) => (Self::Reader(reader), Some(finish)),
+            other => (other, None),
+        }
+    }
 }
 
 /// The result of a backup.
@@ -93,6 +109,15 @@ struct Scratch {
     copies: Vec<SqliteCopy>,
 }
 
+/// What completes an item's catalog entry once its bytes have been read.
+#[derive(Default)]
+struct Completion {
+    /// What a dump's reader learnt (row counts).
+    facts: Option<DumpFacts>,
+    /// The caller's own completion of a stream's item.
+    finish: Option<FinishItem>,
+}
+
 /// One item of a backup, named, before it is prepared.
 enum Planned {
     /// A source that is one item: an SQLite database, a directory or standard input.
@@ -124,13 +149,13 @@ pub fn backup(repo: &Repo, mut request: BackupRequest) -> Result<BackupReport> {
     let mut scratch = Scratch::default();
     let mut items = Vec::with_capacity(planned.len());
     let mut parts = Vec::with_capacity(planned.len());
-    let mut facts = Vec::with_capacity(planned.len());
+    let mut completions = Vec::with_capacity(planned.len());
     let paths: Vec<PathBuf> = planned.iter().map(display_path).collect();
     for (index, plan) in planned.into_iter().enumerate() {
-        let (item, part, fact) = prepare(index, plan, &mut request, &mut scratch)?;
+        let (item, part, completion) = prepare(index, plan, &mut request, &mut scratch)?;
         items.push(item);
         parts.push(part);
-        facts.push(fact);
+        completions.push(completion);
     }
 
     // Pass 1: the data items, directories with the repository's chunker and databases and
@@ -177,7 +202,7 @@ pub fn backup(repo: &Repo, mut request: BackupRequest) -> Result<BackupReport> {
     drop(scratch);
 
     // Pass 2: the catalog, built from what pass 1 actually read.
-    let catalog = build_catalog(items, &facts, &collector, request.job.clone())?;
+    let catalog = build_catalog(items, completions, &collector, request.job.clone())?;
     let bytes = serde_json::to_vec_pretty(&catalog).expect("the catalog serialises");
     let catalog_pass = plain
         .archive(&archive_options(), &CatalogSource { bytes }, snap, &paths)
@@ -459,7 +484,7 @@ fn prepare(
     plan: Planned,
     request: &mut BackupRequest,
     scratch: &mut Scratch,
-) -> Result<(CatalogItem, Part, Option<DumpFacts>)> {
+) -> Result<(CatalogItem, Part, Completion)> {
     let kind = plan.kind();
     let snapshot_path = Path::new(kind.folder()).join(plan.name());
     let mut item = CatalogItem {
@@ -476,6 +501,7 @@ fn prepare(
         server_version: None,
         dumped_by: None,
         skipped: Vec::new(),
+        pg_base_backup: None,
     };
     let spec = match plan {
         Planned::Dump(dump) => {
@@ -487,10 +513,15 @@ fn prepare(
                 snapshot_path,
                 start: Mutex::new(Some(dump.start)),
             });
-            return Ok((item, part, Some(dump.facts)));
+            let completion = Completion {
+                facts: Some(dump.facts),
+                finish: None,
+            };
+            return Ok((item, part, completion));
         }
         Planned::Single(spec, _) => spec,
     };
+    let mut completion = Completion::default();
     let part = match &spec {
         SourceSpec::Sqlite { path, .. } => {
             let copy = sqlite::copy_online(path, &item.name, &request.temp_dir)?;
@@ -509,10 +540,13 @@ fn prepare(
                 path: PathBuf::from("stdin"),
                 reason: "no input stream was given".into(),
             })?;
+            let (input, finish) = input.split();
+            completion.finish = finish;
             let start: crate::dump::Start = Box::new(move || {
                 Ok(match input {
                     Stream::Stdin => Box::new(std::io::stdin()) as Box<dyn Read + Send>,
                     Stream::Reader(reader) => reader,
+                    Stream::Finished(..) => unreachable!("split above"),
                 })
             });
             Part::Stream(StreamedFile {
@@ -529,7 +563,7 @@ fn prepare(
             unreachable!("database servers are expanded into dumps by `ordered`")
         }
     };
-    Ok((item, part, None))
+    Ok((item, part, completion))
 }
 
 fn ready_file(
@@ -611,7 +645,7 @@ fn archive_options() -> BackupOptions {
 /// Fills sizes and hashes into the catalog items from what the readers recorded.
 fn build_catalog(
     mut items: Vec<CatalogItem>,
-    facts: &[Option<DumpFacts>],
+    completions: Vec<Completion>,
     collector: &Collector,
     job: Option<String>,
 ) -> Result<Catalog> {
@@ -633,13 +667,17 @@ fn build_catalog(
     for (index, skip) in skipped {
         items[index].skipped.push(skip);
     }
-    for (item, fact) in items.iter_mut().zip(facts) {
-        if let Some(fact) = fact {
-            item.tables = fact
+    for (item, completion) in items.iter_mut().zip(completions) {
+        if let Some(facts) = completion.facts {
+            item.tables = facts
                 .tables
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone();
+        }
+        // Only a stream read to its end is completed; a failed read fails below.
+        if let (Some(finish), 1) = (completion.finish, item.files) {
+            finish(item)?;
         }
     }
     for (item, manifest) in items.iter_mut().zip(manifests) {

@@ -82,6 +82,9 @@ pub struct CatalogItem {
     /// Entries that could not be read and are missing from the snapshot, with the reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<Skipped>,
+    /// For a PostgreSQL base backup: where its WAL starts and ends (docs/pitr.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pg_base_backup: Option<crate::pg::PgBaseBackup>,
 }
 
 /// An entry left out of a snapshot because it could not be read.
@@ -166,6 +169,7 @@ mod tests {
                 server_version: None,
                 dumped_by: None,
                 skipped: vec![],
+                pg_base_backup: None,
             }],
         };
         let text = serde_json::to_string(&catalog).unwrap();

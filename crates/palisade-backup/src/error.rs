@@ -166,6 +166,9 @@ pub enum Error {
         database: String,
         differences: String,
     },
+    /// Point-in-time recovery: the WAL archive, base backups, PostgreSQL restores.
+    #[error(transparent)]
+    Pg(#[from] crate::pg::PgError),
 
     /// An error reported by rustic_core that has no more specific variant here.
     #[error("{context}: {message}")]

@@ -13,6 +13,7 @@ mod error;
 mod hashing;
 pub mod inspect;
 pub mod mysql;
+pub mod pg;
 pub mod postgres;
 pub mod repository;
 pub mod restore;
@@ -21,7 +22,7 @@ pub mod source;
 pub mod sqlite;
 
 pub use crate::{
-    backup::{BackupReport, BackupRequest, Stream, backup},
+    backup::{BackupReport, BackupRequest, FinishItem, Stream, backup},
     catalog::{CATALOG_PATH, Catalog, CatalogItem, ItemKind},
     dbrestore::{DatabaseRestoreReport, DatabaseRestored},
     dump::DbUrl,

@@ -365,6 +365,8 @@ pub struct Repo {
     pub(crate) location: Location,
     backends: RepositoryBackends,
     bars: SharedBars,
+    /// rustic_core's local cache of snapshot and index files, when one is used.
+    cache_dir: Option<PathBuf>,
 }
 
 impl fmt::Debug for Repo {
@@ -435,10 +437,18 @@ impl ProgressBars for SharedBars {
     }
 }
 
-fn repository(backends: &RepositoryBackends, bars: &SharedBars) -> Result<Repository<()>> {
-    // Palisade keeps no local cache: every read goes to the repository, which keeps `check`
-    // honest and leaves nothing behind on the host.
-    let options = RepositoryOptions::default().no_cache(true);
+fn repository(
+    backends: &RepositoryBackends,
+    bars: &SharedBars,
+    cache_dir: Option<&Path>,
+) -> Result<Repository<()>> {
+    // Palisade keeps no local cache (every read goes to the repository, which keeps `check`
+    // honest and leaves nothing behind on the host), except for the WAL archive's commands,
+    // which run once per segment: docs/pitr.md.
+    let options = match cache_dir {
+        None => RepositoryOptions::default().no_cache(true),
+        Some(dir) => RepositoryOptions::default().cache_dir(dir.to_path_buf()),
+    };
     Repository::new_with_progress(&options, backends, bars.clone())
         .map_err(|err| Error::repo("opening the repository", err))
 }
@@ -462,7 +472,7 @@ impl Repo {
             });
         }
         let config = chunker.config_options();
-        let inner = repository(&backends, &bars)?
+        let inner = repository(&backends, &bars, None)?
             .init(&password.credentials(), &key_options(), &config)
             .map_err(|err| Error::repo("creating the repository", err))?;
         Ok(Self {
@@ -471,6 +481,7 @@ impl Repo {
             location,
             backends,
             bars,
+            cache_dir: None,
         })
     }
 
@@ -481,9 +492,20 @@ impl Repo {
         password: Password,
         bars: Arc<dyn ProgressBars>,
     ) -> Result<Self> {
+        Self::open_with_cache(location, password, bars, None)
+    }
+
+    /// Like [`Repo::open`], keeping copies of snapshot and index files (encrypted, as stored)
+    /// in `cache_dir` when one is given, so that each later command reads only what is new.
+    pub fn open_with_cache(
+        location: Location,
+        password: Password,
+        bars: Arc<dyn ProgressBars>,
+        cache_dir: Option<&Path>,
+    ) -> Result<Self> {
         let bars = SharedBars(bars);
         let (backends, backend) = backends(&location)?;
-        let repo = repository(&backends, &bars)?;
+        let repo = repository(&backends, &bars, cache_dir)?;
         let has_config = repo
             .config_id()
             .map_err(|err| Error::repo("reading the repository", err))?
@@ -508,6 +530,7 @@ impl Repo {
             location,
             backends,
             bars,
+            cache_dir: cache_dir.map(Path::to_path_buf),
         })
     }
 
@@ -549,7 +572,7 @@ impl Repo {
     /// It opens with the master key already unlocked, so the password's key derivation (scrypt,
     /// a noticeable fraction of a second) runs once per command, not once per handle.
     pub(crate) fn reopen(&self) -> Result<Repository<OpenStatus>> {
-        repository(&self.backends, &self.bars)?
+        repository(&self.backends, &self.bars, self.cache_dir.as_deref())?
             .open(&Credentials::Masterkey(self.inner.key()))
             .map_err(|err| Error::repo("opening the repository", err))
     }
@@ -624,7 +647,7 @@ impl Repo {
         let new = self.add_key(password)?;
         // rustic_core refuses to remove the key a handle was opened with, so the old key is
         // removed through a handle opened with the new password.
-        repository(&self.backends, &self.bars)?
+        repository(&self.backends, &self.bars, None)?
             .open(&password.credentials())
             .map_err(|err| Error::repo("opening the repository with the new key", err))?
             .delete_key(&old)

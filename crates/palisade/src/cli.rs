@@ -82,6 +82,9 @@ pub enum Command {
     /// Validate the config file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// PostgreSQL point-in-time recovery: WAL archive, base backups, restores to a time or LSN.
+    #[command(subcommand)]
+    Pg(crate::pg::PgCommand),
     /// Try Palisade on a demo application: back up, restore and verify, with no server needed.
     Quickstart(QuickstartArgs),
 }

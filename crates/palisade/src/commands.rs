@@ -43,6 +43,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Stats => ctx.stats(),
         Command::Key(command) => ctx.key(command),
         Command::Bucket(command) => ctx.bucket(command),
+        Command::Pg(command) => crate::pg::run(&ctx, command),
         Command::Quickstart(_) | Command::Config(_) => unreachable!("handled above"),
     }
 }
@@ -88,10 +89,10 @@ fn config_named(global: &Global) -> bool {
     global.config != std::path::Path::new("palisade.toml")
 }
 
-struct Session {
-    global: Global,
-    config: Config,
-    bars: Arc<dyn ProgressBars>,
+pub(crate) struct Session {
+    pub(crate) global: Global,
+    pub(crate) config: Config,
+    pub(crate) bars: Arc<dyn ProgressBars>,
 }
 
 impl Session {
@@ -105,7 +106,7 @@ impl Session {
     }
 
     /// The repository location: `--repo`, then the job's, then the config's.
-    fn location(&self, job_repo: Option<&str>) -> Result<Location> {
+    pub(crate) fn location(&self, job_repo: Option<&str>) -> Result<Location> {
         let text = self
             .global
             .repo
@@ -124,7 +125,7 @@ impl Session {
     }
 
     /// The password: `--password-file`, then PALISADE_PASSWORD, then the config's file.
-    fn password(&self, job_file: Option<&PathBuf>) -> Result<Password> {
+    pub(crate) fn password(&self, job_file: Option<&PathBuf>) -> Result<Password> {
         if let Some(path) = &self.global.password_file {
             return read_password_file(path);
         }
@@ -273,7 +274,7 @@ impl Session {
     }
 
     /// This run's scratch directory under `temp_dir` (default: the system's).
-    fn scratch(&self) -> Result<crate::scratch::Scratch> {
+    pub(crate) fn scratch(&self) -> Result<crate::scratch::Scratch> {
         let root = self
             .config
             .temp_dir
@@ -565,7 +566,11 @@ impl Session {
 
     /// Prints a command's report as JSON with `--json`, else as `human` renders it (nothing
     /// with `-q`).
-    fn print<T: Serialize>(&self, value: &T, human: impl FnOnce(&T) -> String) -> Result<Outcome> {
+    pub(crate) fn print<T: Serialize>(
+        &self,
+        value: &T,
+        human: impl FnOnce(&T) -> String,
+    ) -> Result<Outcome> {
         if self.global.json {
             print_json(value)?;
         } else if !self.global.quiet {
@@ -575,7 +580,11 @@ impl Session {
     }
 
     /// Prints what a listing command was asked for; `-q` does not hide it.
-    fn list<T: Serialize>(&self, value: &T, human: impl FnOnce(&T) -> String) -> Result<Outcome> {
+    pub(crate) fn list<T: Serialize>(
+        &self,
+        value: &T,
+        human: impl FnOnce(&T) -> String,
+    ) -> Result<Outcome> {
         if self.global.json {
             print_json(value)?;
         } else {

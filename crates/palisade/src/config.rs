@@ -28,6 +28,8 @@ pub struct Config {
     /// Backup jobs.
     #[serde(default)]
     pub jobs: Vec<Job>,
+    /// PostgreSQL point-in-time recovery settings.
+    pub pitr: Option<crate::pg::PitrConfig>,
 }
 
 /// The `[repository]` table (a plain string is read as its `location`).
@@ -183,6 +185,10 @@ impl Config {
         };
         self.password_file.as_mut().map(fix);
         self.temp_dir.as_mut().map(fix);
+        if let Some(pitr) = self.pitr.as_mut() {
+            pitr.bin_dir.as_mut().map(fix);
+            pitr.cache_dir.as_mut().map(fix);
+        }
         if let Some(repo) = self.repository.as_mut().and_then(|r| r.location.as_mut()) {
             *repo = resolve_repo(repo, base);
         }

@@ -5,6 +5,7 @@ mod bucket;
 mod cli;
 mod commands;
 mod config;
+mod pg;
 mod progress;
 mod quickstart;
 mod scratch;

@@ -6,6 +6,7 @@ mod common;
 mod compat;
 mod databases;
 mod jobs;
+mod pitr;
 mod restore;
 mod roundtrip;
 mod s3;
