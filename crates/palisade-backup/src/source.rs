@@ -105,7 +105,7 @@ pub(crate) fn absolute(path: &Path) -> Result<PathBuf> {
     std::path::absolute(path).map_err(|err| Error::io(path, err))
 }
 
-/// A file whose bytes are known before the archive starts (a database copy or a spooled stream).
+/// A file whose bytes are known before the archive starts (an SQLite copy).
 #[derive(Debug)]
 pub(crate) struct ReadyFile {
     pub(crate) item: usize,

@@ -1,4 +1,4 @@
-//! The per-run scratch directory for database copies and spooled streams, removed when the run
+//! The per-run scratch directory for SQLite copies, removed when the run
 //! ends — also when it is interrupted by SIGINT, SIGTERM or SIGHUP.
 
 use std::path::{Path, PathBuf};
