@@ -101,7 +101,7 @@ pub enum BucketCommand {
     Policy {
         /// writer (the application host: put and read, never delete), pruner (also deletes
         /// old objects) or admin (also runs `bucket setup`).
-        #[arg(long, value_name = "ROLE")]
+        #[arg(long, value_name = "ROLE", value_parser = ["writer", "pruner", "admin"])]
         role: String,
     },
 }

@@ -303,6 +303,13 @@ impl Session {
                 if !self.global.json && !self.global.quiet {
                     println!("  {}", item_line(item));
                 }
+                if item.kind == palisade_backup::ItemKind::Stream && item.size == 0 {
+                    eprintln!(
+                        "palisade: warning: the stream {} was empty (0 bytes); check that the \
+                         command before `|` wrote its output to the pipe",
+                        item.path
+                    );
+                }
                 for skip in &item.skipped {
                     eprintln!(
                         "palisade: skipped {}/{}: {}",

@@ -230,9 +230,16 @@ impl Config {
             })?;
         }
         if let Some(bucket) = &self.bucket {
-            bucket
-                .validate()
-                .map_err(|err| (line_of(text, "bucket", 0, ""), err.to_string()))?;
+            bucket.validate().map_err(|err| {
+                let line = match &err {
+                    palisade_s3::Error::BadSetting { setting, .. } => bucket_line(text, setting),
+                    _ => None,
+                };
+                (
+                    line.or_else(|| line_of(text, "bucket", 0, "")),
+                    err.to_string(),
+                )
+            })?;
         }
         let mut names = std::collections::HashSet::new();
         for (index, job) in self.jobs.iter().enumerate() {
@@ -379,6 +386,19 @@ impl Job {
     }
 }
 
+/// The line of a `[bucket]` setting such as `lifecycle.noncurrent_expire_days`: in its own
+/// `[bucket.lifecycle]` table, or on the inline `lifecycle = { ... }` line.
+fn bucket_line(text: &str, setting: &str) -> Option<usize> {
+    let setting = setting.strip_prefix("bucket.").unwrap_or(setting);
+    match setting.split_once('.') {
+        Some((table, key)) => line_of(text, &format!("bucket.{table}"), 0, key)
+            .or_else(|| line_of(text, "bucket", 0, setting))
+            .or_else(|| line_of(text, "bucket", 0, table))
+            .or_else(|| line_of(text, &format!("bucket.{table}"), 0, "")),
+        None => line_of(text, "bucket", 0, setting),
+    }
+}
+
 /// The 1-based line of `key = ...` in the `nth` table called `section` (`""` for the top
 /// level; `nth` counts `[[section]]` entries); with an empty `key`, the table's header line.
 fn line_of(text: &str, section: &str, nth: usize, key: &str) -> Option<usize> {
@@ -498,6 +518,25 @@ mod tests {
         assert!(format!("{err:#}").contains("line 5"), "{err:#}");
         let err = parse("[repository.s3]\nconnections = \"many\"\n").unwrap_err();
         assert!(format!("{err:#}").contains("line 2"), "{err:#}");
+        // Bucket settings point at their own line, in a sub-table or inline.
+        let err = parse(
+            "[bucket]\nversioning = true\nobject_lock = { mode = \"governance\", days = 30 }\n\n[bucket.lifecycle]\nnoncurrent_expire_days = 7\n",
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("line 6"), "{err:#}");
+        let err = parse(
+            "[bucket]\nversioning = false\nobject_lock = { mode = \"governance\", days = 30 }\n",
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("line 3"), "{err:#}");
+        // A database source with a URL that is not one names the job's line.
+        let err = parse("[[jobs]]\nname = \"a\"\nsources = [{ postgres = \"localhost:5432\" }]\n")
+            .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("line 3") && text.contains("postgresql://"),
+            "{text}"
+        );
         // A syntax error on a secret's line names the line, never the value.
         let err = parse("[repository.s3]\nsecret_access_key = 12345SecretValue\n").unwrap_err();
         let text = format!("{err:#}");

@@ -425,6 +425,6 @@ fn bucket_policy_prints_least_privilege_roles() {
         writer.contains("arn:aws:s3:::palisade-test/app/repo/*"),
         "{writer}"
     );
-    let out = env.expect(&["bucket", "policy", "--role", "root"], 1);
+    let out = env.expect(&["bucket", "policy", "--role", "root"], 2);
     assert!(stderr(&out).contains("writer"), "{}", stderr(&out));
 }

@@ -48,5 +48,8 @@ on_local_and_s3! {
         assert_eq!(item(&report, "empty.sql")["size"], 0);
         let target = env.restore("latest", "out");
         assert_eq!(std::fs::read(target.join("dumps/empty.sql")).unwrap(), b"");
+        // Saved, but a person is told: an empty dump is usually a broken pipe line.
+        let out = env.ok(&["backup", "--stdin", "--name", "again.sql"]);
+        assert!(stderr(&out).contains("was empty"), "{}", stderr(&out));
     }
 }
