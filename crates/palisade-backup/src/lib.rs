@@ -1,5 +1,5 @@
-//! Palisade's backup engine: database-aware sources, a catalog in every snapshot, and safe,
-//! verified restores, on top of restic's repository format through rustic_core.
+//! Palisade's backup engine: database-aware sources, a catalog in every snapshot, safe,
+//! verified restores, and retention, on top of restic's repository format through rustic_core.
 //!
 //! The flow of one backup is `source` → [`backup::backup`] (archive through rustic_core, then
 //! the [`catalog`]) → one snapshot. See `docs/design.md` for the snapshot layout and why each
@@ -10,8 +10,10 @@ pub mod catalog;
 mod error;
 mod hashing;
 pub mod inspect;
+pub mod prune;
 pub mod repository;
 pub mod restore;
+pub mod retention;
 pub mod snapshot;
 pub mod source;
 pub mod sqlite;
@@ -21,8 +23,12 @@ pub use crate::{
     catalog::{CATALOG_PATH, Catalog, CatalogItem, ItemKind},
     error::{Error, Result},
     inspect::{CheckReport, ReadData, Stats, check, stats},
+    prune::{KEEP_DELETE, PruneReport, PruneRequest, prune},
     repository::{ChunkerOptions, KeyInfo, Location, Password, Repo, S3Repository},
     restore::{RestoreReport, RestoreRequest, restore},
+    retention::{
+        ForgetEntry, ForgetGroupReport, ForgetReport, ForgetTarget, RetentionPolicy, Within, forget,
+    },
     snapshot::{SnapshotInfo, TreeEntry, catalog, snapshots, tree},
     source::SourceSpec,
 };

@@ -10,9 +10,17 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
-/// The shared real-world inputs (`../shared/data` beside the repository).
+/// The shared real-world inputs: `shared/data` beside the repository, or beside a folder that
+/// holds it (a git worktree in `wt/NAME`, say).
 pub fn shared_data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let beside = manifest.join("../../../shared/data");
+    let repo = std::fs::canonicalize(manifest.join("../..")).unwrap_or_default();
+    repo.ancestors()
+        .skip(1)
+        .map(|dir| dir.join("shared/data"))
+        .find(|dir| dir.is_dir())
+        .unwrap_or(beside)
 }
 
 /// The Chinook sample database.

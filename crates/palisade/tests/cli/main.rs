@@ -6,6 +6,7 @@ mod common;
 mod compat;
 mod jobs;
 mod restore;
+mod retention;
 mod roundtrip;
 mod s3;
 mod s3support;
