@@ -42,6 +42,8 @@ pub struct BackupRequest {
     pub tags: Vec<String>,
     /// Where database copies are kept while they are archived.
     pub temp_dir: PathBuf,
+    /// The snapshot's time, which retention goes by; `None` for the moment the backup starts.
+    pub time: Option<rustic_core::jiff::Timestamp>,
 }
 
 impl std::fmt::Debug for BackupRequest {
@@ -49,6 +51,7 @@ impl std::fmt::Debug for BackupRequest {
         f.debug_struct("BackupRequest")
             .field("sources", &self.sources)
             .field("job", &self.job)
+            .field("time", &self.time)
             .finish_non_exhaustive()
     }
 }
@@ -616,6 +619,9 @@ fn display_path(plan: &Planned) -> PathBuf {
 
 fn snapshot_options(request: &BackupRequest) -> Result<SnapshotOptions> {
     let mut options = SnapshotOptions::default();
+    if let Some(time) = request.time {
+        options = options.time(time.to_zoned(rustic_core::jiff::tz::TimeZone::UTC));
+    }
     if let Some(job) = &request.job {
         options = options.label(job.clone());
         options = add_tag(options, &format!("job:{job}"))?;

@@ -85,6 +85,25 @@ pub enum Error {
     )]
     BadSubset { value: String },
 
+    /// A retention setting that cannot be used; `fix` says what to write instead.
+    #[error("{key} = {value}: {fix}")]
+    BadRetention {
+        key: String,
+        value: String,
+        fix: String,
+    },
+
+    /// A locked pack that prune could not keep out of its plan.
+    #[error(
+        "pack {pack} is under {lock} and was indexed without a time (by restic, say), so prune \
+         cannot keep it out of its plan; nothing was changed: run prune again once {ends}"
+    )]
+    LockedPackWithoutTime {
+        pack: String,
+        lock: String,
+        ends: String,
+    },
+
     /// `--include` named more than one item.
     #[error("`{item}` names several items ({paths}); give the item's path instead")]
     AmbiguousItem { item: String, paths: String },

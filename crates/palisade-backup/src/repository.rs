@@ -184,6 +184,8 @@ impl Drop for Password {
 #[derive(Debug)]
 pub(crate) struct PalisadeBackend {
     inner: Arc<dyn WriteBackend>,
+    /// The same backend when it is S3, for what only S3 knows (object lock).
+    s3: Option<Arc<S3Backend>>,
     snapshots: Mutex<SnapshotWrites>,
     /// Index files written while recording (see [`PalisadeBackend::record_index`]).
     recorded_index: Mutex<Option<Vec<Id>>>,
@@ -206,15 +208,21 @@ pub(crate) enum SnapshotWrites {
 }
 
 impl PalisadeBackend {
-    fn new(inner: Arc<dyn WriteBackend>) -> Self {
+    fn new(inner: Arc<dyn WriteBackend>, s3: Option<Arc<S3Backend>>) -> Self {
         Self {
             inner,
+            s3,
             snapshots: Mutex::new(SnapshotWrites::Store),
             recorded_index: Mutex::new(None),
             hidden_index: Mutex::new(Vec::new()),
             hold_config: AtomicBool::new(false),
             last_snapshot: Mutex::new(None),
         }
+    }
+
+    /// The S3 backend underneath, if the repository is on S3.
+    pub(crate) fn s3(&self) -> Option<&S3Backend> {
+        self.s3.as_deref()
     }
 
     /// While `hold` is true, the config file is not written: a handle can then change its
@@ -393,6 +401,7 @@ pub struct KeyInfo {
 }
 
 fn backends(location: &Location) -> Result<(RepositoryBackends, Arc<PalisadeBackend>)> {
+    let mut s3_backend = None;
     let inner: Arc<dyn WriteBackend> = match location {
         Location::Local(path) if path.exists() && !path.is_dir() => {
             return Err(Error::BadSource {
@@ -408,9 +417,13 @@ fn backends(location: &Location) -> Result<(RepositoryBackends, Arc<PalisadeBack
                     .map_err(|err| Error::repo("opening the local repository", err))?,
             )
         }
-        Location::S3(s3) => Arc::new(S3Backend::new(&s3.location, &s3.options)?),
+        Location::S3(s3) => {
+            let s3 = Arc::new(S3Backend::new(&s3.location, &s3.options)?);
+            s3_backend = Some(s3.clone());
+            s3
+        }
     };
-    let backend = Arc::new(PalisadeBackend::new(inner));
+    let backend = Arc::new(PalisadeBackend::new(inner, s3_backend));
     let dyn_backend: Arc<dyn WriteBackend> = backend.clone();
     Ok((RepositoryBackends::new(dyn_backend, None), backend))
 }

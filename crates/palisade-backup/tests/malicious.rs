@@ -223,6 +223,7 @@ impl Harness {
             job: None,
             tags: Vec::new(),
             temp_dir: self.scratch.path().to_path_buf(),
+            time: None,
         };
         Ok(backup(&self.open()?, request)?.snapshot)
     }

@@ -30,9 +30,9 @@ use crate::options::{Encryption, S3Options};
 #[derive(Debug)]
 pub struct S3Backend {
     runtime: Option<tokio::runtime::Runtime>,
-    s3: S3Client,
+    pub(crate) s3: S3Client,
     options: S3Options,
-    permits: Arc<Semaphore>,
+    pub(crate) permits: Arc<Semaphore>,
 }
 
 impl S3Backend {
@@ -71,7 +71,7 @@ impl S3Backend {
             .block_on(future)
     }
 
-    fn key(&self, tpe: FileType, id: &Id) -> String {
+    pub(crate) fn key(&self, tpe: FileType, id: &Id) -> String {
         let name = match tpe {
             FileType::Config => "config".to_string(),
             FileType::Pack => {

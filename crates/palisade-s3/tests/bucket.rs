@@ -1,5 +1,5 @@
-//! Bucket setup, check and role policies against a real moto S3 server, read back through the
-//! S3 API.
+//! Bucket setup, check, role policies and object lock reads against a real moto S3 server, read
+//! back through the S3 API.
 
 mod moto;
 
@@ -7,16 +7,19 @@ use std::collections::BTreeSet;
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::primitives::DateTime;
 use aws_sdk_s3::types::{
     BucketLifecycleConfiguration, BucketVersioningStatus, ChecksumAlgorithm, ExpirationStatus,
     LifecycleExpiration, LifecycleRule, LifecycleRuleFilter, ObjectLockEnabled,
-    ObjectLockRetentionMode, ServerSideEncryption, VersioningConfiguration,
+    ObjectLockLegalHold, ObjectLockLegalHoldStatus, ObjectLockRetention, ObjectLockRetentionMode,
+    ServerSideEncryption, VersioningConfiguration,
 };
-use moto::{Moto, block_on};
+use moto::{Moto, block_on, options_as};
 use palisade_s3::{
-    BucketSpec, Encryption, Error, LifecycleSpec, LockMode, ObjectLockSpec, Role, S3Client,
-    S3Location, Status, check, policy, setup,
+    BucketSpec, Encryption, Error, LifecycleSpec, LockMode, ObjectLock, ObjectLockSpec, Role,
+    S3Backend, S3Client, S3Location, Status, check, policy, setup,
 };
+use rustic_core::{FileType, Id, jiff::Timestamp};
 use serde_json::{Value, json};
 
 const BUCKET: &str = "palisade-test";
@@ -458,6 +461,85 @@ fn object_lock_refuses_to_delete_a_locked_version() {
 }
 
 #[test]
+fn the_backend_reads_each_objects_retention_and_legal_hold() {
+    let moto = Moto::start();
+    let location = moto.location("palisade-test/app");
+    let id = |n: u8| Id::new([n; 32]);
+    let key = |n: u8| format!("app/snapshots/{}", id(n).to_hex().as_str());
+    block_on(async {
+        let client = moto.client(&location).await;
+        setup(&client, &lock_spec()).await.unwrap();
+        let s3 = &client.client;
+        for n in 1..=3 {
+            s3.put_object()
+                .bucket(BUCKET)
+                .key(key(n))
+                .body(ByteStream::from_static(b"a snapshot"))
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .send()
+                .await
+                .unwrap();
+        }
+        let hold = ObjectLockLegalHold::builder()
+            .status(ObjectLockLegalHoldStatus::On)
+            .build();
+        s3.put_object_legal_hold()
+            .bucket(BUCKET)
+            .key(key(2))
+            .legal_hold(hold)
+            .send()
+            .await
+            .unwrap();
+        // moto, unlike AWS, takes a date in the past: a retention that has run out.
+        let ended = ObjectLockRetention::builder()
+            .mode(ObjectLockRetentionMode::Governance)
+            .retain_until_date(DateTime::from_secs(1_600_000_000))
+            .build();
+        s3.put_object_retention()
+            .bucket(BUCKET)
+            .key(key(3))
+            .bypass_governance_retention(true)
+            .retention(ended)
+            .send()
+            .await
+            .unwrap();
+        s3.create_bucket()
+            .bucket("palisade-plain")
+            .send()
+            .await
+            .unwrap();
+    });
+
+    // The backend runs its own runtime, so it is used outside `block_on`.
+    let backend = S3Backend::new(&location, &options_as("us-east-1", "test", "test")).unwrap();
+    assert!(backend.locks_objects().unwrap());
+    let ids = [id(1), id(2), id(3), id(4)];
+    let locks = backend.object_locks(FileType::Snapshot, &ids).unwrap();
+    let now = Timestamp::now();
+    let until = locks[0]
+        .retain_until
+        .expect("the default retention applies");
+    assert!(until > now && until < now + rustic_core::jiff::SignedDuration::from_hours(25));
+    assert!(locks[0].holds(now) && !locks[0].legal_hold);
+    assert!(
+        locks[0].to_string().starts_with("object lock until 20"),
+        "{}",
+        locks[0]
+    );
+    assert!(locks[1].holds(now) && locks[1].legal_hold, "{:?}", locks[1]);
+    assert!(!locks[2].holds(now), "{:?}", locks[2]);
+    assert_eq!(
+        locks[3],
+        ObjectLock::default(),
+        "a missing object has no lock"
+    );
+
+    let plain = moto.location("palisade-plain/app");
+    let plain = S3Backend::new(&plain, &options_as("us-east-1", "test", "test")).unwrap();
+    assert!(!plain.locks_objects().unwrap());
+}
+
+#[test]
 fn setup_adopts_a_bucket_and_keeps_foreign_statements_and_rules() {
     let moto = Moto::start();
     block_on(async {
@@ -879,7 +961,17 @@ fn role_policies_are_least_privilege() {
     let pruner = actions(&pruner);
     assert!(pruner.contains(&"s3:DeleteObject".into()));
     let beyond_delete: Vec<_> = pruner.iter().filter(|a| !writer.contains(a)).collect();
-    assert_eq!(beyond_delete, ["s3:DeleteObject"]);
+    // Beyond deleting, the pruner only reads object locks, so that forget and prune keep what
+    // is still locked.
+    assert_eq!(
+        beyond_delete,
+        [
+            "s3:DeleteObject",
+            "s3:GetObjectRetention",
+            "s3:GetObjectLegalHold",
+            "s3:GetBucketObjectLockConfiguration"
+        ]
+    );
 
     let admin = actions(&admin);
     for needed in [

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use palisade_backup::{RetentionPolicy, Within};
+use rustic_core::jiff::{SignedDuration, Timestamp};
 
 /// Encrypted, deduplicated, verified backups of a web application's data, in restic's
 /// repository format.
@@ -71,6 +73,11 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Check the repository's structure and, optionally, re-read its data.
     Check(CheckArgs),
+    /// Remove the snapshots no retention rule keeps, each job by its own rules (docs/retention.md).
+    Forget(ForgetArgs),
+    /// Remove data no snapshot needs: unused packs are marked, and deleted by a prune 23 hours or
+    /// more later.
+    Prune(PruneArgs),
     /// Show repository sizes and deduplication.
     Stats,
     /// Manage the repository's keys (passwords).
@@ -167,6 +174,93 @@ pub struct BackupArgs {
     /// Tag for the snapshot (repeatable).
     #[arg(long, value_name = "TAG")]
     pub tag: Vec<String>,
+    /// The snapshot's time instead of now (RFC 3339), for tests and imports: retention goes by it.
+    #[arg(long, value_name = "RFC3339", hide = true, value_parser = parse_time)]
+    pub time: Option<Timestamp>,
+}
+
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// Only this job: its `retention` table, or the --keep-* flags instead. Without it, every
+    /// job that has a `retention` table.
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
+    /// Show what would be kept and removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Prune afterwards, so that the data only the removed snapshots used goes too.
+    #[arg(long)]
+    pub prune: bool,
+    #[command(flatten)]
+    pub keep: KeepArgs,
+    /// With --prune: how long marked packs wait before they are deleted (default 23h, as
+    /// 30m, 2h). Shorter breaks a backup that runs meanwhile and reuses their data.
+    #[arg(long, value_name = "DURATION", requires = "prune", value_parser = parse_keep_delete)]
+    pub danger_keep_delete: Option<SignedDuration>,
+}
+
+/// Retention rules given on the command line; together they replace the job's table.
+#[derive(Debug, Args)]
+pub struct KeepArgs {
+    /// Keep the newest N snapshots.
+    #[arg(long, value_name = "N", allow_negative_numbers = true,
+          value_parser = |s: &str| parse_count("--keep-last", s))]
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N hours that have one.
+    #[arg(long, value_name = "N", allow_negative_numbers = true,
+          value_parser = |s: &str| parse_count("--keep-hourly", s))]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N days that have one.
+    #[arg(long, value_name = "N", allow_negative_numbers = true,
+          value_parser = |s: &str| parse_count("--keep-daily", s))]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest snapshot of each of the last N weeks that have one.
+    #[arg(long, value_name = "N", allow_negative_numbers = true,
+          value_parser = |s: &str| parse_count("--keep-weekly", s))]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N months that have one.
+    #[arg(long, value_name = "N", allow_negative_numbers = true,
+          value_parser = |s: &str| parse_count("--keep-monthly", s))]
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N years that have one.
+    #[arg(long, value_name = "N", allow_negative_numbers = true,
+          value_parser = |s: &str| parse_count("--keep-yearly", s))]
+    pub keep_yearly: Option<u32>,
+    /// Keep every snapshot this close to the job's newest: 30d, 2w, 1y6m (y years, m months,
+    /// w weeks, d days, h hours).
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_within)]
+    pub keep_within: Option<Within>,
+    /// Keep the snapshots with this tag (repeatable; a,b keeps those with both).
+    #[arg(long, value_name = "TAG", value_parser = parse_tag)]
+    pub keep_tag: Vec<String>,
+}
+
+impl KeepArgs {
+    /// The rules given, or `None` when no --keep-* flag was.
+    pub fn policy(&self) -> Option<RetentionPolicy> {
+        let policy = RetentionPolicy {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+            keep_within: self.keep_within.clone(),
+            keep_tag: self.keep_tag.clone(),
+        };
+        (!policy.is_empty()).then_some(policy)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Show what would be marked, repacked and deleted; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How long marked packs wait before they are deleted (default 23h, as 30m, 2h). Shorter
+    /// breaks a backup that runs meanwhile and reuses their data.
+    #[arg(long, value_name = "DURATION", value_parser = parse_keep_delete)]
+    pub danger_keep_delete: Option<SignedDuration>,
 }
 
 #[derive(Debug, Args)]
@@ -259,4 +353,42 @@ pub struct QuickstartArgs {
 
 fn parse_subset(text: &str) -> Result<palisade_backup::ReadData, String> {
     palisade_backup::ReadData::subset(text).map_err(|err| err.to_string())
+}
+
+/// A retention error without its `key = value` head, which clap's own message already names.
+fn fix_only(err: palisade_backup::Error) -> String {
+    match err {
+        palisade_backup::Error::BadRetention { fix, .. } => fix,
+        other => other.to_string(),
+    }
+}
+
+fn parse_count(flag: &str, text: &str) -> Result<u32, String> {
+    let number: i64 = text.trim().parse().map_err(|_| {
+        format!("not a number; give a whole number of snapshots, 1 or more, or leave {flag} out")
+    })?;
+    RetentionPolicy::count(flag, number).map_err(fix_only)
+}
+
+fn parse_within(text: &str) -> Result<Within, String> {
+    text.parse().map_err(fix_only)
+}
+
+fn parse_tag(text: &str) -> Result<String, String> {
+    RetentionPolicy::tag(text).map_err(fix_only)
+}
+
+fn parse_keep_delete(text: &str) -> Result<SignedDuration, String> {
+    let bad = || "not a duration; give hours, minutes or seconds, like 23h, 30m or 0s".to_string();
+    let duration: SignedDuration = text.trim().parse().map_err(|_| bad())?;
+    if duration.is_negative() {
+        return Err(bad());
+    }
+    Ok(duration)
+}
+
+fn parse_time(text: &str) -> Result<Timestamp, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| "not a time; write RFC 3339, like 2024-03-12T20:00:00Z".to_string())
 }

@@ -6,8 +6,9 @@ use std::{io::Write, path::PathBuf, sync::Arc};
 use anyhow::{Context, Result, bail};
 use bytesize::ByteSize;
 use palisade_backup::{
-    BackupReport, BackupRequest, ChunkerOptions, DbUrl, Location, Password, ReadData, Repo,
-    RestoreRequest, SourceSpec,
+    BackupReport, BackupRequest, ChunkerOptions, DbUrl, ForgetGroupReport, ForgetTarget, Location,
+    Password, PruneReport, PruneRequest, ReadData, Repo, RestoreRequest, RetentionPolicy,
+    SourceSpec,
 };
 use rustic_core::ProgressBars;
 use serde::Serialize;
@@ -15,10 +16,10 @@ use serde::Serialize;
 use crate::{
     Outcome, bucket,
     cli::{
-        BackupArgs, BucketCommand, CheckArgs, Cli, Command, ConfigCommand, Global, InitArgs,
-        KeyCommand, LsArgs, NewPassword,
+        BackupArgs, BucketCommand, CheckArgs, Cli, Command, ConfigCommand, ForgetArgs, Global,
+        InitArgs, KeyCommand, LsArgs, NewPassword, PruneArgs,
     },
-    config::Config,
+    config::{Config, Job},
     progress, quickstart,
 };
 
@@ -40,6 +41,8 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Ls(args) => ctx.ls(&args),
         Command::Restore(args) => ctx.restore(args),
         Command::Check(args) => ctx.check(&args),
+        Command::Forget(args) => ctx.forget(&args),
+        Command::Prune(args) => ctx.prune(&args),
         Command::Stats => ctx.stats(),
         Command::Key(command) => ctx.key(command),
         Command::Bucket(command) => ctx.bucket(command),
@@ -57,6 +60,7 @@ fn check_config(global: &Global) -> Result<Outcome> {
         valid: bool,
         repository: Option<&'a str>,
         jobs: Vec<&'a str>,
+        jobs_with_retention: Vec<&'a str>,
         bucket_section: bool,
     }
     let summary = Summary {
@@ -64,16 +68,23 @@ fn check_config(global: &Global) -> Result<Outcome> {
         valid: true,
         repository: config.repository_location(),
         jobs: config.jobs.iter().map(|job| job.name.as_str()).collect(),
+        jobs_with_retention: config
+            .jobs
+            .iter()
+            .filter(|job| job.policy.is_some())
+            .map(|job| job.name.as_str())
+            .collect(),
         bucket_section: config.bucket.is_some(),
     };
     if global.json {
         print_json(&summary)?;
     } else if !global.quiet {
         println!(
-            "{} is valid: repository {}, {} job(s){}",
+            "{} is valid: repository {}, {} job(s) ({} with retention){}",
             summary.config,
             summary.repository.unwrap_or("(none)"),
             summary.jobs.len(),
+            summary.jobs_with_retention.len(),
             if summary.bucket_section {
                 ", [bucket] settings"
             } else {
@@ -195,7 +206,8 @@ impl Session {
             let repo = self.open()?;
             let stream = args.stdin.then_some(palisade_backup::Stream::Stdin);
             let scratch = self.scratch()?;
-            let request = self.request(ad_hoc, stream, None, &args.tag, scratch.path());
+            let mut request = self.request(ad_hoc, stream, None, &args.tag, scratch.path());
+            request.time = args.time;
             let report = palisade_backup::backup(&repo, request)?;
             return self.report_backups(&[report]);
         }
@@ -225,16 +237,15 @@ impl Session {
                 )?;
                 let mut tags = job.tags.clone();
                 tags.extend(args.tag.iter().cloned());
-                Ok(palisade_backup::backup(
-                    &repo,
-                    self.request(
-                        job.specs()?,
-                        None,
-                        Some(job.name.clone()),
-                        &tags,
-                        scratch.path(),
-                    ),
-                )?)
+                let mut request = self.request(
+                    job.specs()?,
+                    None,
+                    Some(job.name.clone()),
+                    &tags,
+                    scratch.path(),
+                );
+                request.time = args.time;
+                Ok(palisade_backup::backup(&repo, request)?)
             })();
             match outcome {
                 Ok(report) => reports.push(report),
@@ -270,6 +281,7 @@ impl Session {
             job,
             tags: tags.to_vec(),
             temp_dir: scratch.to_path_buf(),
+            time: None,
         }
     }
 
@@ -510,6 +522,179 @@ impl Session {
         Ok(Outcome::Done)
     }
 
+    /// `forget`: the targets' decisions, repository by repository (jobs may have their own), then
+    /// with `--prune` a prune of each. A repository that fails does not stop the others.
+    fn forget(&self, args: &ForgetArgs) -> Result<Outcome> {
+        let runs = self.forget_runs(args.job.as_deref(), args.keep.policy())?;
+        let mut output = ForgetOutput {
+            dry_run: args.dry_run,
+            removed: 0,
+            groups: Vec::new(),
+            prune: Vec::new(),
+        };
+        let mut failures = Vec::new();
+        for run in &runs {
+            let repository = run.location.to_string();
+            let outcome = (|| -> Result<()> {
+                let repo = Repo::open(
+                    run.location.clone(),
+                    self.password(run.password_file.as_ref())?,
+                    self.bars.clone(),
+                )?;
+                let report = palisade_backup::forget(&repo, &run.targets, args.dry_run)?;
+                // A dry run prunes as if the snapshots it would remove were gone.
+                let request = PruneRequest {
+                    dry_run: args.dry_run,
+                    keep_delete: args
+                        .danger_keep_delete
+                        .unwrap_or(palisade_backup::KEEP_DELETE),
+                    forgotten: report.removed_ids(),
+                };
+                output.removed += report.removed;
+                output
+                    .groups
+                    .extend(report.groups.into_iter().map(|group| RepositoryGroup {
+                        repository: repository.clone(),
+                        group,
+                    }));
+                if args.prune {
+                    let report = palisade_backup::prune(&repo, &request)?;
+                    output.prune.push(RepositoryPrune {
+                        repository: repository.clone(),
+                        report,
+                    });
+                }
+                Ok(())
+            })();
+            if let Err(err) = outcome {
+                eprintln!("palisade: {repository}: {}", crate::render(&err));
+                failures.push(repository);
+            }
+        }
+        self.print(&output, forget_text)?;
+        if !failures.is_empty() {
+            bail!(
+                "{} of {} repositories failed: {}",
+                failures.len(),
+                runs.len(),
+                failures.join(", ")
+            );
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// Whose snapshots `forget` decides about and by which rules, grouped by repository.
+    fn forget_runs(
+        &self,
+        job: Option<&str>,
+        flags: Option<RetentionPolicy>,
+    ) -> Result<Vec<ForgetRun>> {
+        let mut runs: Vec<ForgetRun> = Vec::new();
+        for (job, target) in self.forget_targets(job, flags)? {
+            let location = self.location(job.and_then(|job| job.repository.as_deref()))?;
+            let password_file = job.and_then(|job| job.password_file.clone());
+            let same = |run: &&mut ForgetRun| {
+                run.location.to_string() == location.to_string()
+                    && run.password_file == password_file
+            };
+            match runs.iter_mut().find(same) {
+                Some(run) => run.targets.push(target),
+                None => runs.push(ForgetRun {
+                    location,
+                    password_file,
+                    targets: vec![target],
+                }),
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Each job `forget` decides about, with its rules. Flags replace a job's table; without
+    /// `--job` they apply to every label of a repository whose config has no jobs. Without
+    /// flags, every job with a `retention` table.
+    fn forget_targets(
+        &self,
+        job: Option<&str>,
+        flags: Option<RetentionPolicy>,
+    ) -> Result<Vec<(Option<&Job>, ForgetTarget)>> {
+        let config = self.global.config.display();
+        let jobs = &self.config.jobs;
+        let targets = match (job, flags) {
+            (Some(name), Some(policy)) => {
+                let job = if jobs.is_empty() {
+                    None
+                } else {
+                    Some(self.config.job(name)?)
+                };
+                let target = ForgetTarget {
+                    job: Some(name.to_string()),
+                    policy,
+                };
+                vec![(job, target)]
+            }
+            (Some(name), None) => {
+                let job = self.config.job(name)?;
+                let Some(policy) = job.policy.clone() else {
+                    bail!(
+                        "job `{name}` has no retention table in {config}, so forget keeps all \
+                         its snapshots; add one (`retention = {{ keep-daily = 7 }}` in the job) \
+                         or pass --keep-* flags"
+                    );
+                };
+                let target = ForgetTarget {
+                    job: Some(name.to_string()),
+                    policy,
+                };
+                vec![(Some(job), target)]
+            }
+            (None, Some(policy)) if jobs.is_empty() => {
+                vec![(None, ForgetTarget { job: None, policy })]
+            }
+            (None, Some(_)) => bail!(
+                "the --keep-* flags replace one job's retention: pass --job NAME (jobs in \
+                 {config}: {})",
+                jobs.iter()
+                    .map(|job| job.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            (None, None) => {
+                let targets: Vec<_> = jobs
+                    .iter()
+                    .filter_map(|job| {
+                        let policy = job.policy.clone()?;
+                        let target = ForgetTarget {
+                            job: Some(job.name.clone()),
+                            policy,
+                        };
+                        Some((Some(job), target))
+                    })
+                    .collect();
+                if targets.is_empty() {
+                    bail!(
+                        "no retention to apply: no job in {config} has a retention table; add \
+                         one (`retention = {{ keep-daily = 7 }}` in a [[jobs]] entry, see \
+                         docs/retention.md) or pass --keep-* flags"
+                    );
+                }
+                targets
+            }
+        };
+        Ok(targets)
+    }
+
+    fn prune(&self, args: &PruneArgs) -> Result<Outcome> {
+        let request = PruneRequest {
+            dry_run: args.dry_run,
+            keep_delete: args
+                .danger_keep_delete
+                .unwrap_or(palisade_backup::KEEP_DELETE),
+            forgotten: Vec::new(),
+        };
+        let report = palisade_backup::prune(&self.open()?, &request)?;
+        self.print(&report, |r| prune_text(r).join("\n"))
+    }
+
     fn stats(&self) -> Result<Outcome> {
         let stats = palisade_backup::stats(&self.open()?)?;
         self.list(&stats, |s| {
@@ -599,6 +784,130 @@ impl Session {
         }
         Ok(Outcome::Done)
     }
+}
+
+/// The snapshots of one repository that `forget` decides about.
+struct ForgetRun {
+    location: Location,
+    password_file: Option<PathBuf>,
+    targets: Vec<ForgetTarget>,
+}
+
+/// What `forget --json` prints.
+#[derive(Serialize)]
+struct ForgetOutput {
+    dry_run: bool,
+    /// Snapshots removed (in a dry run: that would be).
+    removed: usize,
+    groups: Vec<RepositoryGroup>,
+    /// One report per repository, with `--prune`.
+    prune: Vec<RepositoryPrune>,
+}
+
+#[derive(Serialize)]
+struct RepositoryGroup {
+    repository: String,
+    #[serde(flatten)]
+    group: ForgetGroupReport,
+}
+
+#[derive(Serialize)]
+struct RepositoryPrune {
+    repository: String,
+    #[serde(flatten)]
+    report: PruneReport,
+}
+
+/// Each group with every snapshot, KEEP or REMOVE and the reasons, newest first.
+fn forget_text(output: &ForgetOutput) -> String {
+    let mut lines = Vec::new();
+    for RepositoryGroup { repository, group } in &output.groups {
+        let kept = group.snapshots.iter().filter(|s| s.keep).count();
+        let job = if group.job.is_empty() {
+            "snapshots without a job".to_string()
+        } else {
+            format!("job {}", group.job)
+        };
+        lines.push(format!(
+            "{job} in {repository} ({}): {} snapshot(s), {kept} kept, {} removed",
+            group.policy,
+            group.snapshots.len(),
+            group.snapshots.len() - kept
+        ));
+        for snap in &group.snapshots {
+            let line = format!(
+                "  {:<6}  {}  {}  {}",
+                if snap.keep { "KEEP" } else { "REMOVE" },
+                snap.short_id,
+                snap.time.get(..19).unwrap_or(&snap.time).replace('T', " "),
+                snap.reasons.join(", ")
+            );
+            lines.push(line.trim_end().to_string());
+        }
+    }
+    lines.push(if output.dry_run {
+        format!(
+            "dry run: {} snapshot(s) would be removed; nothing was changed",
+            output.removed
+        )
+    } else {
+        format!("removed {} snapshot(s)", output.removed)
+    });
+    for RepositoryPrune { repository, report } in &output.prune {
+        lines.push(format!("prune {repository}:"));
+        lines.extend(
+            prune_text(report)
+                .into_iter()
+                .map(|line| format!("  {line}")),
+        );
+    }
+    lines.join("\n")
+}
+
+/// A prune report in a few lines: what was deleted, marked and repacked, what waits, and what
+/// object lock kept.
+fn prune_text(report: &PruneReport) -> Vec<String> {
+    let size = |bytes: u64| ByteSize(bytes).display().iec().to_string();
+    let (deleted, marked, repacked) = if report.dry_run {
+        ("would delete", "would mark", "would repack")
+    } else {
+        ("deleted", "marked", "repacked")
+    };
+    let mut lines = vec![
+        format!(
+            "{deleted} {} pack(s) ({}) marked by an earlier prune at least {} ago",
+            report.packs_deleted,
+            size(report.bytes_deleted),
+            report.keep_delete
+        ),
+        format!(
+            "{marked} {} unused pack(s) for deletion ({} unused), {repacked} {} pack(s) ({})",
+            report.packs_marked,
+            size(report.bytes_marked),
+            report.packs_repacked,
+            size(report.bytes_repacked)
+        ),
+    ];
+    if report.packs_waiting > 0 || report.packs_unindexed > 0 || report.packs_recovered > 0 {
+        lines.push(format!(
+            "{} marked pack(s) wait until {} have passed; {} pack file(s) no index names were \
+             marked; {} marked pack(s) were needed again and recovered",
+            report.packs_waiting,
+            report.keep_delete,
+            report.packs_unindexed,
+            report.packs_recovered
+        ));
+    }
+    lines.extend(
+        report
+            .locked
+            .iter()
+            .map(|note| format!("object lock: {note}")),
+    );
+    if report.dry_run {
+        lines.push("dry run: nothing was changed".into());
+    }
+    lines
 }
 
 /// One line about a stored item: its path, size, and what the catalog knows of it.

@@ -1,5 +1,5 @@
 //! The `palisade.toml` config file: the default repository and its S3 settings, bucket setup,
-//! and the backup jobs.
+//! and the backup jobs with their retention.
 //!
 //! Relative paths in the file are taken relative to the file's own folder, so a config works
 //! the same from any working directory. Every mistake is reported with the line it is on.
@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use palisade_backup::SourceSpec;
+use palisade_backup::{RetentionPolicy, SourceSpec};
 use palisade_s3::{BucketSpec, S3Options};
 use serde::Deserialize;
 
@@ -95,6 +95,70 @@ pub struct Job {
     /// Extra snapshot tags.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Which of the job's snapshots `forget` keeps; without it, every one.
+    retention: Option<RetentionTable>,
+    /// The `retention` table, checked.
+    #[serde(skip)]
+    pub policy: Option<RetentionPolicy>,
+}
+
+/// A job's `retention` table as written, restic's rule names in kebab-case; counts and
+/// durations are checked by [`RetentionTable::policy`], so that a mistake names its line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RetentionTable {
+    keep_last: Option<i64>,
+    keep_hourly: Option<i64>,
+    keep_daily: Option<i64>,
+    keep_weekly: Option<i64>,
+    keep_monthly: Option<i64>,
+    keep_yearly: Option<i64>,
+    keep_within: Option<String>,
+    #[serde(default)]
+    keep_tag: Vec<String>,
+}
+
+impl RetentionTable {
+    /// The checked rules, or the key at fault and what is wrong with it.
+    fn policy(&self, job: &str) -> std::result::Result<RetentionPolicy, (&'static str, String)> {
+        let count = |key: &'static str, value: Option<i64>| {
+            value
+                .map(|n| RetentionPolicy::count(key, n))
+                .transpose()
+                .map_err(|err| (key, format!("job `{job}`: {err}")))
+        };
+        let policy = RetentionPolicy {
+            keep_last: count("keep-last", self.keep_last)?,
+            keep_hourly: count("keep-hourly", self.keep_hourly)?,
+            keep_daily: count("keep-daily", self.keep_daily)?,
+            keep_weekly: count("keep-weekly", self.keep_weekly)?,
+            keep_monthly: count("keep-monthly", self.keep_monthly)?,
+            keep_yearly: count("keep-yearly", self.keep_yearly)?,
+            keep_within: self
+                .keep_within
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|err| ("keep-within", format!("job `{job}`: {err}")))?,
+            keep_tag: self
+                .keep_tag
+                .iter()
+                .map(|tag| RetentionPolicy::tag(tag))
+                .collect::<palisade_backup::Result<_>>()
+                .map_err(|err| ("keep-tag", format!("job `{job}`: {err}")))?,
+        };
+        if policy.is_empty() {
+            return Err((
+                "",
+                format!(
+                    "job `{job}` has an empty retention table; set at least one of keep-last, \
+                     keep-hourly, keep-daily, keep-weekly, keep-monthly, keep-yearly, \
+                     keep-within or keep-tag, or remove the table to keep every snapshot"
+                ),
+            ));
+        }
+        Ok(policy)
+    }
 }
 
 /// One source of a job: exactly one of `sqlite`, `dir`, `postgres` or `mysql`.
@@ -157,6 +221,7 @@ impl Config {
         config.resolve(base);
         config
             .validate(&text)
+            .and_then(|()| config.check_retention(&text))
             .map_err(|(line, message)| match line {
                 Some(line) => anyhow::anyhow!("config {} line {line}: {message}", path.display()),
                 None => anyhow::anyhow!("config {}: {message}", path.display()),
@@ -331,6 +396,20 @@ impl Config {
         Ok(())
     }
 
+    /// Turns each job's `retention` table into its policy; an error names the line.
+    fn check_retention(&mut self, text: &str) -> std::result::Result<(), (Option<usize>, String)> {
+        for (index, job) in self.jobs.iter_mut().enumerate() {
+            let Some(table) = &job.retention else {
+                continue;
+            };
+            let policy = table
+                .policy(&job.name)
+                .map_err(|(key, message)| (retention_line(text, index, key), message))?;
+            job.policy = Some(policy);
+        }
+        Ok(())
+    }
+
     /// The job called `name`.
     pub fn job(&self, name: &str) -> Result<&Job> {
         self.jobs.iter().find(|j| j.name == name).with_context(|| {
@@ -437,6 +516,43 @@ fn line_of(text: &str, section: &str, nth: usize, key: &str) -> Option<usize> {
     None
 }
 
+/// The 1-based line of `key` in the retention table of the `nth` `[[jobs]]` entry: in a
+/// `[jobs.retention]` table, or the `retention = { ... }` line itself. With an empty `key`, the
+/// table's first line.
+fn retention_line(text: &str, nth: usize, key: &str) -> Option<usize> {
+    let mut job: Option<usize> = None;
+    let mut table = "";
+    let mut header = None;
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix('[') {
+            let name = rest.trim_start_matches('[').split(']').next().unwrap_or("");
+            table = match (rest.starts_with('['), name.trim()) {
+                (true, "jobs") => {
+                    job = Some(job.map_or(0, |n| n + 1));
+                    "job"
+                }
+                (false, "jobs.retention") => {
+                    header = header.or((job == Some(nth)).then_some(number + 1));
+                    "retention"
+                }
+                _ => "other",
+            };
+            continue;
+        }
+        if job != Some(nth) {
+            continue;
+        }
+        let name = line.split('=').next().unwrap_or("").trim();
+        match table {
+            "job" if name == "retention" => return Some(number + 1),
+            "retention" if !key.is_empty() && name == key => return Some(number + 1),
+            _ => {}
+        }
+    }
+    header
+}
+
 /// Local repository paths in the config are relative to the config file.
 fn resolve_repo(repo: &str, base: &Path) -> String {
     let path = Path::new(repo.strip_prefix("local:").unwrap_or(repo));
@@ -482,6 +598,68 @@ mod tests {
         let err = parse("[[jobs]]\nname = \"a\"\nsources = []\n").unwrap_err();
         assert!(format!("{err:#}").contains("no sources"), "{err:#}");
         assert!(parse("").unwrap().job("x").is_err());
+    }
+
+    #[test]
+    fn retention_is_read_from_either_table_form() {
+        let config = parse(
+            "[[jobs]]\nname = \"a\"\nsources = [{ sqlite = \"x\" }]\n\
+             retention = { keep-last = 3, keep-within = \"1y6m\" }\n\n\
+             [[jobs]]\nname = \"b\"\nsources = [{ sqlite = \"y\" }]\n\n\
+             [[jobs]]\nname = \"c\"\nsources = [{ sqlite = \"z\" }]\n\
+             [jobs.retention]\nkeep-daily = 7\nkeep-tag = [\"release\"]\n",
+        )
+        .unwrap();
+        let policy = |name: &str| config.job(name).unwrap().policy.clone();
+        assert_eq!(
+            policy("a").unwrap().to_string(),
+            "keep-last 3, keep-within 1y6m"
+        );
+        assert_eq!(policy("b"), None, "no table: every snapshot stays");
+        assert_eq!(
+            policy("c").unwrap().to_string(),
+            "keep-daily 7, keep-tag release"
+        );
+    }
+
+    #[test]
+    fn retention_mistakes_name_their_line() {
+        let job = |n: &str| format!("[[jobs]]\nname = \"{n}\"\nsources = [{{ sqlite = \"x\" }}]\n");
+        let cases = [
+            (
+                format!(
+                    "{}{}[jobs.retention]\nkeep-last = 2\nkeep-within = \"3x\"\n",
+                    job("a"),
+                    job("b")
+                ),
+                "line 9",
+                "like 30d, 2w or 1y6m",
+            ),
+            (
+                format!("{}retention = {{ keep-daily = -1 }}\n", job("a")),
+                "line 4",
+                "1 or more",
+            ),
+            (
+                format!("{}[jobs.retention]\n", job("a")),
+                "line 4",
+                "empty retention table",
+            ),
+            (
+                format!("{}[jobs.retention]\nkeep-dayly = 7\n", job("a")),
+                "line 5",
+                "unknown field `keep-dayly`",
+            ),
+            (
+                format!("{}retention = {{ keep-tag = [\"\"] }}\n", job("a")),
+                "line 4",
+                "give the tag",
+            ),
+        ];
+        for (text, line, words) in cases {
+            let err = format!("{:#}", parse(&text).unwrap_err());
+            assert!(err.contains(line) && err.contains(words), "{text}\n{err}");
+        }
     }
 
     #[test]

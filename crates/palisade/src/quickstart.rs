@@ -83,6 +83,7 @@ pub fn run(dir: &Path, global: &Global) -> Result<Outcome> {
             job: Some(job.name.clone()),
             tags: vec!["quickstart".into()],
             temp_dir: scratch.path().to_path_buf(),
+            time: None,
         },
     )?;
     say(format!(

@@ -155,6 +155,7 @@ pub fn push(repo: &Repo, path: &Path, temp_dir: &Path) -> Result<PushReport> {
                 format!("{HASH_TAG}{sha256}"),
             ],
             temp_dir: temp_dir.to_path_buf(),
+            time: None,
         },
     )?;
     let stored = &report.catalog.items[0];

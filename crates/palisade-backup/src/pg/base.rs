@@ -160,6 +160,7 @@ pub fn base_backup(repo: &Repo, options: &BaseBackupOptions) -> Result<BackupRep
             job: None,
             tags,
             temp_dir: options.temp_dir.clone(),
+            time: None,
         },
     )
 }

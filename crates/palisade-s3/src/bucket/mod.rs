@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use report::{ABSENT, Comparison};
 use settings::Plan;
 use state::BucketState;
+pub(crate) use state::code;
 
 /// Creates the bucket or adopts an existing one, then writes every setting that differs from
 /// the spec and nothing else, so that a second run changes nothing.

@@ -14,7 +14,8 @@ use crate::location::S3Location;
 pub enum Role {
     /// Backs up from the application host: lists, reads and writes, never deletes.
     Writer,
-    /// Forgets and prunes from another host: the writer's rights plus deleting current objects.
+    /// Forgets and prunes from another host: the writer's rights plus deleting current objects
+    /// and reading object locks.
     Pruner,
     /// Runs `palisade bucket setup` and `check`: the pruner's rights plus the bucket settings.
     Admin,
@@ -110,6 +111,20 @@ pub fn policy(role: Role, location: &S3Location) -> Value {
             "Effect": "Allow",
             "Action": "s3:DeleteObject",
             "Resource": objects_arn,
+        }));
+        // forget and prune keep what object lock still protects; S3 shows an object's
+        // retention and legal hold only to credentials that may read them.
+        statements.push(json!({
+            "Sid": "PalisadeReadObjectLocks",
+            "Effect": "Allow",
+            "Action": ["s3:GetObjectRetention", "s3:GetObjectLegalHold"],
+            "Resource": objects_arn,
+        }));
+        statements.push(json!({
+            "Sid": "PalisadeReadBucketLock",
+            "Effect": "Allow",
+            "Action": "s3:GetBucketObjectLockConfiguration",
+            "Resource": bucket_arn,
         }));
     }
     if role == Role::Admin {

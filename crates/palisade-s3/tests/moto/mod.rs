@@ -44,15 +44,7 @@ impl Moto {
         key: &str,
         secret: &str,
     ) -> S3Client {
-        let options = S3Options {
-            region: Some(region.into()),
-            credentials_in_config: true,
-            access_key_id: Some(key.into()),
-            secret_access_key: Some(secret.into()),
-            max_attempts: 2,
-            ..S3Options::default()
-        };
-        S3Client::new(location, &options)
+        S3Client::new(location, &options_as(region, key, secret))
             .await
             .expect("the client builds")
     }
@@ -105,6 +97,18 @@ impl Moto {
     /// A plain GET to the server, for answers the SDK cannot read.
     pub fn get(&self, path: &str) -> (u16, String) {
         self.server.http("GET", path, &[], "")
+    }
+}
+
+/// Settings with explicit credentials and few retries.
+pub fn options_as(region: &str, key: &str, secret: &str) -> S3Options {
+    S3Options {
+        region: Some(region.into()),
+        credentials_in_config: true,
+        access_key_id: Some(key.into()),
+        secret_access_key: Some(secret.into()),
+        max_attempts: 2,
+        ..S3Options::default()
     }
 }
 

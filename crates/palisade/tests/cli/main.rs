@@ -8,6 +8,7 @@ mod databases;
 mod jobs;
 mod pitr;
 mod restore;
+mod retention;
 mod roundtrip;
 mod s3;
 mod s3support;

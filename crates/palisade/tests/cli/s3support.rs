@@ -20,8 +20,8 @@ use aws_sdk_s3::{
     primitives::{ByteStream, DateTime},
     types::{
         BucketVersioningStatus, ChecksumMode, DefaultRetention, ObjectLockConfiguration,
-        ObjectLockEnabled, ObjectLockRetention, ObjectLockRetentionMode, ObjectLockRule,
-        VersioningConfiguration,
+        ObjectLockEnabled, ObjectLockLegalHold, ObjectLockLegalHoldStatus, ObjectLockRetention,
+        ObjectLockRetentionMode, ObjectLockRule, VersioningConfiguration,
     },
 };
 use palisade_testkit::MotoServer;
@@ -320,6 +320,43 @@ impl S3 {
             .key(key)
             .version_id(version_id)
             .retention(retention);
+        self.run(request.send()).map_err(S3Failure::from_sdk)?;
+        Ok(())
+    }
+
+    /// Ends the retention of an object's current version now, as if its lock had run out
+    /// (governance mode, with the bypass; moto, unlike AWS, takes a date in the past).
+    pub fn end_retention(&self, bucket: &str, key: &str) -> Result<(), S3Failure> {
+        let past = SystemTime::now() - Duration::from_secs(3600);
+        let retention = ObjectLockRetention::builder()
+            .mode(ObjectLockRetentionMode::Governance)
+            .retain_until_date(DateTime::from(past))
+            .build();
+        let request = self
+            .client
+            .put_object_retention()
+            .bucket(bucket)
+            .key(key)
+            .bypass_governance_retention(true)
+            .retention(retention);
+        self.run(request.send()).map_err(S3Failure::from_sdk)?;
+        Ok(())
+    }
+
+    /// Puts a legal hold on an object's current version, or lifts it.
+    pub fn legal_hold(&self, bucket: &str, key: &str, on: bool) -> Result<(), S3Failure> {
+        let status = if on {
+            ObjectLockLegalHoldStatus::On
+        } else {
+            ObjectLockLegalHoldStatus::Off
+        };
+        let hold = ObjectLockLegalHold::builder().status(status).build();
+        let request = self
+            .client
+            .put_object_legal_hold()
+            .bucket(bucket)
+            .key(key)
+            .legal_hold(hold);
         self.run(request.send()).map_err(S3Failure::from_sdk)?;
         Ok(())
     }
