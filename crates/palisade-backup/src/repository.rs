@@ -186,6 +186,8 @@ pub(crate) struct PalisadeBackend {
     inner: Arc<dyn WriteBackend>,
     /// The same backend when it is S3, for what only S3 knows (object lock).
     s3: Option<Arc<S3Backend>>,
+    /// The repository's folder when it is local: files are then written whole or not at all.
+    local_root: Option<PathBuf>,
     snapshots: Mutex<SnapshotWrites>,
     /// Index files written while recording (see [`PalisadeBackend::record_index`]).
     recorded_index: Mutex<Option<Vec<Id>>>,
@@ -208,16 +210,64 @@ pub(crate) enum SnapshotWrites {
 }
 
 impl PalisadeBackend {
-    fn new(inner: Arc<dyn WriteBackend>, s3: Option<Arc<S3Backend>>) -> Self {
+    fn new(
+        inner: Arc<dyn WriteBackend>,
+        s3: Option<Arc<S3Backend>>,
+        local_root: Option<PathBuf>,
+    ) -> Self {
         Self {
             inner,
             s3,
+            local_root,
             snapshots: Mutex::new(SnapshotWrites::Store),
             recorded_index: Mutex::new(None),
             hidden_index: Mutex::new(Vec::new()),
             hold_config: AtomicBool::new(false),
             last_snapshot: Mutex::new(None),
         }
+    }
+
+    /// Writes a file to the repository. rustic_backend's local backend writes in place (it
+    /// sizes the file, then fills it), so a process killed mid-write would leave an index or
+    /// snapshot file of zeros that makes the whole repository unreadable; local files are
+    /// therefore written to a temporary name in the same folder, synced, and renamed. (S3 puts
+    /// are atomic already.)
+    fn write(
+        &self,
+        tpe: FileType,
+        id: &Id,
+        cacheable: bool,
+        content: BytesList,
+    ) -> RusticResult<()> {
+        let Some(root) = &self.local_root else {
+            return self.inner.write_bytes(tpe, id, cacheable, content);
+        };
+        let hex = id.to_hex();
+        let path = match tpe {
+            FileType::Config => root.join("config"),
+            FileType::Pack => root.join("data").join(&hex[0..2]).join(&*hex),
+            _ => root.join(tpe.dirname()).join(&*hex),
+        };
+        let io_error = |err: std::io::Error| {
+            rustic_core::RusticError::with_source(
+                rustic_core::ErrorKind::InputOutput,
+                "Failed to write `{path}`.",
+                err,
+            )
+            .attach_context("path", path.display().to_string())
+        };
+        let folder = path.parent().unwrap_or(root);
+        std::fs::create_dir_all(folder).map_err(io_error)?;
+        let mut file = tempfile::Builder::new()
+            .prefix(".palisade-write-")
+            .tempfile_in(folder)
+            .map_err(io_error)?;
+        for part in content.slice() {
+            std::io::Write::write_all(&mut file, part).map_err(io_error)?;
+        }
+        file.as_file().sync_data().map_err(io_error)?;
+        file.persist(&path).map_err(|err| io_error(err.error))?;
+        Ok(())
     }
 
     /// The S3 backend underneath, if the repository is on S3.
@@ -349,7 +399,7 @@ impl WriteBackend for PalisadeBackend {
                     return Ok(());
                 }
             }
-            self.inner.write_bytes(tpe, id, cacheable, content)?;
+            self.write(tpe, id, cacheable, content)?;
             *lock(&self.last_snapshot) = Some(*id);
             return Ok(());
         }
@@ -358,7 +408,7 @@ impl WriteBackend for PalisadeBackend {
         {
             recorded.push(*id);
         }
-        self.inner.write_bytes(tpe, id, cacheable, content)
+        self.write(tpe, id, cacheable, content)
     }
 
     fn remove(&self, tpe: FileType, id: &Id, cacheable: bool) -> RusticResult<()> {
@@ -423,7 +473,11 @@ fn backends(location: &Location) -> Result<(RepositoryBackends, Arc<PalisadeBack
             s3
         }
     };
-    let backend = Arc::new(PalisadeBackend::new(inner, s3_backend));
+    let local_root = match location {
+        Location::Local(path) => Some(path.clone()),
+        Location::S3(_) => None,
+    };
+    let backend = Arc::new(PalisadeBackend::new(inner, s3_backend, local_root));
     let dyn_backend: Arc<dyn WriteBackend> = backend.clone();
     Ok((RepositoryBackends::new(dyn_backend, None), backend))
 }
