@@ -147,7 +147,7 @@ impl Planned {
 
 /// Backs up `request` into `repo` as one snapshot.
 pub fn backup(repo: &Repo, mut request: BackupRequest) -> Result<BackupReport> {
-    let planned = ordered(&request.sources)?;
+    let planned = ordered(&request.sources, &request.temp_dir)?;
     let collector = Collector::default();
     let mut scratch = Scratch::default();
     let mut items = Vec::with_capacity(planned.len());
@@ -438,7 +438,7 @@ impl Drop for QuietLogs {
 
 /// Names every source, expands database servers into one item per dump, and sorts the items
 /// into snapshot order; refuses two items with one path.
-fn ordered(sources: &[SourceSpec]) -> Result<Vec<Planned>> {
+fn ordered(sources: &[SourceSpec], temp_root: &Path) -> Result<Vec<Planned>> {
     if sources.is_empty() {
         return Err(Error::BadSource {
             path: PathBuf::new(),
@@ -454,7 +454,11 @@ fn ordered(sources: &[SourceSpec]) -> Result<Vec<Planned>> {
                 planned.extend(postgres::plan(source)?.into_iter().map(Planned::Dump));
             }
             SourceSpec::Mysql(source) => {
-                planned.extend(mysql::plan(source)?.into_iter().map(Planned::Dump));
+                planned.extend(
+                    mysql::plan(source, temp_root)?
+                        .into_iter()
+                        .map(Planned::Dump),
+                );
             }
             _ => planned.push(Planned::Single(spec.clone(), spec.name()?)),
         }
@@ -547,8 +551,14 @@ fn prepare(
             completion.finish = finish;
             let start: crate::dump::Start = Box::new(move || {
                 Ok(match input {
-                    Stream::Stdin => Box::new(std::io::stdin()) as Box<dyn Read + Send>,
-                    Stream::Reader(reader) => reader,
+                    Stream::Stdin => Box::new(std::io::BufReader::with_capacity(
+                        crate::dump::PIPE_BUFFER,
+                        std::io::stdin(),
+                    )) as Box<dyn Read + Send>,
+                    Stream::Reader(reader) => Box::new(std::io::BufReader::with_capacity(
+                        crate::dump::PIPE_BUFFER,
+                        reader,
+                    )),
                     Stream::Finished(..) => unreachable!("split above"),
                 })
             });

@@ -169,7 +169,9 @@ pub enum Error {
 
     /// A restore would replace a database that holds data.
     #[error(
-        "database `{database}` on {server} already holds {relations} table(s) or other          relation(s); restore under another name with --as NAME, or pass --clean to drop and          recreate it"
+        "database `{database}` on {server} already holds {relations} table(s), routine(s) or \
+         other object(s); restore under another name with --as NAME, or pass --clean to \
+         replace it"
     )]
     DatabaseNotEmpty {
         server: String,
@@ -179,7 +181,8 @@ pub enum Error {
 
     /// A restored database does not hold the rows the catalog recorded.
     #[error(
-        "database `{database}` was restored but its row counts differ from the catalog's:          {differences}"
+        "database `{database}` was restored but its row counts differ from the catalog's: \
+         {differences}"
     )]
     RowCountMismatch {
         database: String,

@@ -58,9 +58,11 @@ impl OptionFile {
 }
 
 impl Client {
-    fn new(url: &DbUrl, bin_dir: Option<&Path>) -> Result<Self> {
+    /// The option file goes into a private folder under `temp_root` (the run's scratch
+    /// directory, which is removed even when the run is interrupted).
+    fn new(url: &DbUrl, bin_dir: Option<&Path>, temp_root: &Path) -> Result<Self> {
         let client = find_tool(&["mariadb", "mysql"], bin_dir, INSTALL)?;
-        let dir = crate::sqlite::private_tempdir("palisade-mysql-", &std::env::temp_dir())?;
+        let dir = crate::sqlite::private_tempdir("palisade-mysql-", temp_root)?;
         let options = OptionFile { dir };
         let text = option_file(url)?;
         let path = options.path();
@@ -114,7 +116,7 @@ impl Client {
     fn count_rows(&self, database: &str) -> Result<BTreeMap<String, u64>> {
         let tables = self.query(&format!(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = {} \
-             AND table_type = 'BASE TABLE' ORDER BY 1;",
+             AND table_type IN ('BASE TABLE', 'SYSTEM VERSIONED') ORDER BY 1;",
             literal(database)
         ))?;
         if tables.is_empty() {
@@ -146,6 +148,11 @@ impl Client {
         }
         Ok(counts)
     }
+}
+
+/// Checks that every setting of `url` is one Palisade can pass on to the client tools.
+pub fn check_url(url: &DbUrl) -> Result<()> {
+    option_file(url).map(|_| ())
 }
 
 /// The `[client]` option file for `url`; values are quoted so that any character survives.
@@ -226,8 +233,8 @@ fn explain(text: &str) -> String {
 }
 
 /// Expands a server into one dump item per database.
-pub(crate) fn plan(source: &MysqlSource) -> Result<Vec<DumpItem>> {
-    let client = Client::new(&source.url, source.bin_dir.as_deref())?;
+pub(crate) fn plan(source: &MysqlSource, temp_root: &Path) -> Result<Vec<DumpItem>> {
+    let client = Client::new(&source.url, source.bin_dir.as_deref(), temp_root)?;
     let dump = find_tool(
         &["mariadb-dump", "mysqldump"],
         source.bin_dir.as_deref(),
@@ -249,7 +256,17 @@ pub(crate) fn plan(source: &MysqlSource) -> Result<Vec<DumpItem>> {
         .filter(|d| !SYSTEM.contains(&d.as_str()))
         .collect();
     let databases = if source.databases.is_empty() {
-        existing
+        // A database in the URL's path is the one to dump; none means all of them.
+        match source.url.database() {
+            Some(database) if !existing.contains(&database) => {
+                return Err(client.error(&format!(
+                    "no database {database}; the server has: {}",
+                    existing.join(", ")
+                )));
+            }
+            Some(database) => vec![database],
+            None => existing,
+        }
     } else {
         let missing: Vec<&str> = source
             .databases
@@ -268,7 +285,7 @@ pub(crate) fn plan(source: &MysqlSource) -> Result<Vec<DumpItem>> {
     };
     let mut items = Vec::new();
     for database in databases {
-        let name = validate_name(&format!("{database}.sql"))?;
+        let name = validate_name(&crate::dump::dump_item_name(&database, "sql"))?;
         let facts = DumpFacts {
             database: Some(database.clone()),
             server_version: Some(server_version.clone()),
@@ -373,6 +390,8 @@ enum Scan {
         quote: Option<u8>,
         escape: bool,
     },
+    /// Reading the new delimiter of a `DELIMITER` line.
+    Delimiter(Vec<u8>),
     /// Skipping to the end of the line.
     Skip,
 }
@@ -384,11 +403,15 @@ enum Scan {
 struct InsertCounter {
     scan: Scan,
     tables: BTreeMap<String, u64>,
+    /// Inside a `DELIMITER ;;` block: the bodies of routines, triggers and events, whose
+    /// statements are not rows of the dump.
+    in_routines: bool,
 }
 
 const INSERT: &[u8] = b"INSERT INTO `";
 const CREATE: &[u8] = b"CREATE TABLE `";
 const VALUES: &[u8] = b"VALUES";
+const DELIMITER: &[u8] = b"DELIMITER ";
 
 impl InsertCounter {
     fn feed(&mut self, bytes: &[u8]) {
@@ -407,6 +430,15 @@ impl InsertCounter {
                     Scan::LineStart
                 } else {
                     Scan::Skip
+                }
+            }
+            Scan::Delimiter(mut delimiter) => {
+                if b == b'\n' {
+                    self.in_routines = delimiter.trim_ascii() != b";";
+                    Scan::LineStart
+                } else {
+                    delimiter.push(b);
+                    Scan::Delimiter(delimiter)
                 }
             }
             Scan::Name { insert, name, tick } => {
@@ -457,16 +489,23 @@ impl InsertCounter {
             return Scan::LineStart;
         }
         seen.push(b);
-        for (pattern, insert) in [(INSERT, true), (CREATE, false)] {
-            if seen == pattern {
-                return Scan::Name {
-                    insert,
-                    name: Vec::new(),
-                    tick: false,
-                };
+        if seen == DELIMITER {
+            return Scan::Delimiter(Vec::new());
+        }
+        if !self.in_routines {
+            for (pattern, insert) in [(INSERT, true), (CREATE, false)] {
+                if seen == pattern {
+                    return Scan::Name {
+                        insert,
+                        name: Vec::new(),
+                        tick: false,
+                    };
+                }
             }
         }
-        if INSERT.starts_with(&seen) || CREATE.starts_with(&seen) {
+        let statement =
+            !self.in_routines && (INSERT.starts_with(&seen) || CREATE.starts_with(&seen));
+        if statement || DELIMITER.starts_with(&seen) {
             Scan::Prefix(seen)
         } else {
             Scan::Skip
@@ -572,11 +611,14 @@ pub struct MysqlRestore {
     pub clean: bool,
     /// Folder of `mariadb` (or `mysql`), instead of PATH.
     pub bin_dir: Option<PathBuf>,
+    /// Where the client's option file waits (default: the system's temporary folder).
+    pub temp_dir: Option<PathBuf>,
 }
 
 /// Restores MariaDB/MySQL databases from a snapshot and checks every table's row count.
 pub fn restore(repo: &crate::Repo, request: &MysqlRestore) -> Result<DatabaseRestoreReport> {
-    let client = Client::new(&request.url, request.bin_dir.as_deref())?;
+    let temp_root = request.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let client = Client::new(&request.url, request.bin_dir.as_deref(), &temp_root)?;
     let open = OpenSnapshot::open(repo, &request.snapshot)?;
     let catalog = open.catalog()?.ok_or_else(|| Error::NoCatalog {
         id: open.id(),
@@ -603,7 +645,10 @@ pub fn restore(repo: &crate::Repo, request: &MysqlRestore) -> Result<DatabaseRes
         if exists && !request.clean {
             let relations = client
                 .query(&format!(
-                    "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = {};",
+                    "SELECT (SELECT COUNT(*) FROM information_schema.tables WHERE table_schema \
+                     = {0}) + (SELECT COUNT(*) FROM information_schema.routines WHERE \
+                     routine_schema = {0}) + (SELECT COUNT(*) FROM information_schema.events \
+                     WHERE event_schema = {0});",
                     literal(&target)
                 ))?
                 .first()
@@ -626,26 +671,28 @@ pub fn restore(repo: &crate::Repo, request: &MysqlRestore) -> Result<DatabaseRes
         warnings: Vec::new(),
     };
     for (item, source, target, exists) in targets {
-        let mut sql = String::new();
-        if exists && request.clean {
-            sql.push_str(&format!("DROP DATABASE {};\n", ident(&target)));
+        let replace = exists && request.clean;
+        if replace {
+            // Proved under a temporary name first: the old database is dropped only once the
+            // snapshot is known to restore.
+            let trial = format!("{}_palisade_check", truncate(&target, 40));
+            client.query(&format!(
+                "DROP DATABASE IF EXISTS {0};\nCREATE DATABASE {0};",
+                ident(&trial)
+            ))?;
+            let proved = restore_one(&client, &open, item, &trial);
+            let _ = client.query(&format!("DROP DATABASE IF EXISTS {};", ident(&trial)));
+            proved?;
+            client.query(&format!(
+                "DROP DATABASE {0};\nCREATE DATABASE {0};",
+                ident(&target)
+            ))?;
+        } else if !exists {
+            client.query(&format!("CREATE DATABASE {};", ident(&target)))?;
         }
-        if !exists || request.clean {
-            sql.push_str(&format!("CREATE DATABASE {};\n", ident(&target)));
-        }
-        if !sql.is_empty() {
-            client.query(&sql)?;
-        }
-        let created = !exists || request.clean;
-        let tool = client
-            .tool(
-                &client.client,
-                format!("{} into database {target}", tool_name(&client.client)),
-            )
-            .args(["--binary-mode", "--database"])
-            .arg(&target);
-        let bytes = match dbrestore::feed(&open, item, tool.command(), &tool.what) {
-            Ok(bytes) => bytes,
+        let created = !exists || replace;
+        let (bytes, tables, rows) = match restore_one(&client, &open, item, &target) {
+            Ok(done) => done,
             Err(err) => {
                 if created {
                     let _ = client.query(&format!("DROP DATABASE IF EXISTS {};", ident(&target)));
@@ -653,8 +700,6 @@ pub fn restore(repo: &crate::Repo, request: &MysqlRestore) -> Result<DatabaseRes
                 return Err(err);
             }
         };
-        let found = client.count_rows(&target)?;
-        let (tables, rows) = dbrestore::compare_counts(&target, item.tables.as_ref(), &found)?;
         report.databases.push(DatabaseRestored {
             database: source,
             target,
@@ -664,6 +709,36 @@ pub fn restore(repo: &crate::Repo, request: &MysqlRestore) -> Result<DatabaseRes
         });
     }
     Ok(report)
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Streams one dump into `database` and compares its row counts with the catalog's.
+fn restore_one(
+    client: &Client,
+    open: &OpenSnapshot,
+    item: &crate::CatalogItem,
+    database: &str,
+) -> Result<(u64, usize, u64)> {
+    let tool = client
+        .tool(
+            &client.client,
+            format!("{} into database {database}", tool_name(&client.client)),
+        )
+        .args(["--binary-mode", "--database"])
+        .arg(database);
+    let bytes = dbrestore::feed(open, item, tool.command(), &tool.what)?;
+    let found = client.count_rows(database)?;
+    let name = item.database.as_deref().unwrap_or(database);
+    let (tables, rows) = dbrestore::compare_counts(name, item.tables.as_ref(), &found)?;
+    Ok((bytes, tables, rows))
 }
 
 #[cfg(test)]
@@ -687,10 +762,18 @@ mod tests {
             INSERT INTO `Album` VALUES (1,'For Those (About) To Rock',1),(2,'it\\'s, ok',2);\n\
             INSERT INTO `Album` VALUES\n(3,'a);(b',3),\n(4,'x',4);\n\
             INSERT INTO `we``ird` VALUES (1,\"q\\\"(\"),(0x28,NULL);\n\
-            /*!50001 CREATE TABLE `view_like` */;\n";
+            /*!50001 CREATE TABLE `view_like` */;\n\
+            DELIMITER ;;\n\
+            CREATE PROCEDURE p() BEGIN\n\
+            INSERT INTO `Album` VALUES (9,'not a row',9);\n\
+            INSERT INTO `ghost` VALUES (1);\n\
+            END ;;\n\
+            DELIMITER ;\n\
+            INSERT INTO `Empty` VALUES (5);\n";
         let tables = count(dump);
         assert_eq!(tables["Album"], 4);
-        assert_eq!(tables["Empty"], 0);
+        assert_eq!(tables["Empty"], 1);
+        assert!(!tables.contains_key("ghost"), "{tables:?}");
         assert_eq!(tables["we`ird"], 2);
         assert!(!tables.contains_key("view_like"));
     }

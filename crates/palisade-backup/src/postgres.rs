@@ -73,6 +73,16 @@ impl Client {
         self.url.shown()
     }
 
+    /// Where to connect to create, rename or drop `target`: never `target` itself.
+    fn maintenance_db(&self, target: &str) -> String {
+        let home = self.home();
+        if home == target {
+            "template1".into()
+        } else {
+            home
+        }
+    }
+
     /// A libpq tool with the connection settings and password in its environment.
     fn with_password(&self, tool: Tool) -> Tool {
         match self.url.password() {
@@ -139,7 +149,7 @@ impl Client {
 /// A `format()` query that writes one `SELECT` per table, which `\gexec` runs: each prints the
 /// table's `schema.name` and exact row count as one JSON object.
 const COUNT_ROWS: &str = "SELECT format('SELECT json_build_object(''t'', %L, ''n'', count(*)) \
-     FROM ONLY %I.%I', n.nspname || '.' || c.relname, n.nspname, c.relname) \
+     FROM ONLY %I.%I', format('%I.%I', n.nspname, c.relname), n.nspname, c.relname) \
      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
      WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' \
      AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1 \\gexec\n";
@@ -188,6 +198,11 @@ fn explain(text: &str) -> String {
         )
     } else if lower.contains("does not exist") && lower.contains("database") {
         format!("{text}; list the server's databases with `psql -l` and fix the name")
+    } else if lower.contains("permission denied for table pg_authid") {
+        format!(
+            "{text}; the roles and tablespaces (pg_dumpall --globals-only) need a superuser or \
+             pg_read_all_data: back up as one, or set `globals = false` (--no-globals)"
+        )
     } else if lower.contains("server version mismatch") {
         format!("{text}; install the client tools of the server's version, or set `bin_dir`")
     } else {
@@ -254,7 +269,7 @@ pub(crate) fn plan(source: &PostgresSource) -> Result<Vec<DumpItem>> {
 
     let mut items = Vec::new();
     for database in databases {
-        let name = validate_name(&format!("{database}.dump"))?;
+        let name = validate_name(&crate::dump::dump_item_name(&database, "dump"))?;
         let facts = DumpFacts {
             database: Some(database.clone()),
             server_version: Some(server_version.clone()),
@@ -272,6 +287,7 @@ pub(crate) fn plan(source: &PostgresSource) -> Result<Vec<DumpItem>> {
     }
     if source.globals {
         let pg_dumpall = client.tool("pg_dumpall")?;
+        let (dumpall_version, _) = tool_version(&pg_dumpall)?;
         let tool = client.with_password(
             Tool::new(&pg_dumpall, "pg_dumpall --globals-only")
                 .args(["--globals-only", "--no-password", "--dbname"])
@@ -284,7 +300,7 @@ pub(crate) fn plan(source: &PostgresSource) -> Result<Vec<DumpItem>> {
             facts: DumpFacts {
                 database: None,
                 server_version: Some(server_version.clone()),
-                dumped_by: Some(dumped_by.clone()),
+                dumped_by: Some(dumpall_version),
                 tables: Arc::default(),
             },
             start: Box::new(move || Ok(Box::new(tool.spawn_reader()?) as Box<dyn Read + Send>)),
@@ -516,45 +532,50 @@ pub fn restore(repo: &crate::Repo, request: &PostgresRestore) -> Result<Database
     }
 
     for (item, source, target, exists) in targets {
-        if exists && request.clean {
+        // With --clean, the snapshot is restored and checked under a temporary name first, and
+        // only then takes the old database's place: a restore that fails leaves it untouched.
+        let replace = exists && request.clean;
+        let into = if replace {
+            temporary_name(&target)
+        } else {
+            target.clone()
+        };
+        let maintenance = client.maintenance_db(&target);
+        let created = !exists || replace;
+        if created {
             client.query(
-                &client.home(),
-                "DROP DATABASE :\"target\" WITH (FORCE);\n",
-                &[("target", &target)],
+                &maintenance,
+                "CREATE DATABASE :\"target\" TEMPLATE template0;\n",
+                &[("target", &into)],
             )?;
         }
-        client.query(
-            &client.home(),
-            "CREATE DATABASE :\"target\" TEMPLATE template0;\n",
-            &[("target", &target)],
-        )?;
-        let mut tool = client.with_password(
-            Tool::new(&pg_restore, format!("pg_restore into database {target}")).args([
-                "--exit-on-error",
-                "--single-transaction",
-                "--no-password",
-            ]),
-        );
-        if request.no_owner {
-            tool = tool.arg("--no-owner");
-        }
-        let tool = tool
-            .arg("--dbname")
-            .arg(client.url.for_database(&target).as_str());
-        let bytes = match dbrestore::feed(&open, item, tool.command(), &tool.what) {
-            Ok(bytes) => bytes,
+        let restored = restore_one(&client, &pg_restore, &open, item, &into, request.no_owner);
+        let (bytes, tables, rows) = match restored {
+            Ok(done) => done,
             Err(err) => {
-                // The database was made for this restore and holds nothing: take it away again.
-                let _ = client.query(
-                    &client.home(),
-                    "DROP DATABASE IF EXISTS :\"target\";\n",
-                    &[("target", &target)],
-                );
+                if created {
+                    // Made for this restore: take it away again.
+                    let _ = client.query(
+                        &maintenance,
+                        "DROP DATABASE IF EXISTS :\"target\" WITH (FORCE);\n",
+                        &[("target", &into)],
+                    );
+                }
                 return Err(err);
             }
         };
-        let found = client.count_rows(&target)?;
-        let (tables, rows) = dbrestore::compare_counts(&target, item.tables.as_ref(), &found)?;
+        if replace {
+            let old = temporary_name(&target);
+            client.query(
+                &maintenance,
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = \
+                 :'target' AND pid <> pg_backend_pid();\n\
+                 ALTER DATABASE :\"target\" RENAME TO :\"old\";\n\
+                 ALTER DATABASE :\"into\" RENAME TO :\"target\";\n\
+                 DROP DATABASE :\"old\" WITH (FORCE);\n",
+                &[("target", &target), ("old", &old), ("into", &into)],
+            )?;
+        }
         report.databases.push(DatabaseRestored {
             database: source,
             target,
@@ -564,6 +585,55 @@ pub fn restore(repo: &crate::Repo, request: &PostgresRestore) -> Result<Database
         });
     }
     Ok(report)
+}
+
+/// A name for a database that exists only during a restore (63 bytes at most, as PostgreSQL
+/// allows).
+fn temporary_name(target: &str) -> String {
+    use rand::Rng;
+    let suffix: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(8)
+        .map(|c| char::from(c).to_ascii_lowercase())
+        .collect();
+    let mut base: String = String::new();
+    for c in target.chars() {
+        if base.len() + c.len_utf8() > 63 - 19 {
+            break;
+        }
+        base.push(c);
+    }
+    format!("{base}_palisade_{suffix}")
+}
+
+/// Streams one dump into `database` and compares its row counts with the catalog's.
+fn restore_one(
+    client: &Client,
+    pg_restore: &Path,
+    open: &OpenSnapshot,
+    item: &crate::CatalogItem,
+    database: &str,
+    no_owner: bool,
+) -> Result<(u64, usize, u64)> {
+    let mut tool = client.with_password(
+        Tool::new(pg_restore, format!("pg_restore into database {database}")).args([
+            "--exit-on-error",
+            "--single-transaction",
+            "--no-password",
+        ]),
+    );
+    if no_owner {
+        // Without the dump's roles, neither their ownership nor their grants can be applied.
+        tool = tool.args(["--no-owner", "--no-privileges"]);
+    }
+    let tool = tool
+        .arg("--dbname")
+        .arg(client.url.for_database(database).as_str());
+    let bytes = dbrestore::feed(open, item, tool.command(), &tool.what)?;
+    let found = client.count_rows(database)?;
+    let name = item.database.as_deref().unwrap_or(database);
+    let (tables, rows) = dbrestore::compare_counts(name, item.tables.as_ref(), &found)?;
+    Ok((bytes, tables, rows))
 }
 
 /// Feeds the globals script to psql, keeping what it printed as warnings.

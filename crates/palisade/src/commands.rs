@@ -437,6 +437,7 @@ impl Session {
             );
         }
         let repo = self.open()?;
+        let scratch = self.scratch()?;
         let report = if let Some(url) = &args.postgres {
             palisade_backup::postgres::restore(
                 &repo,
@@ -464,6 +465,7 @@ impl Session {
                     rename: args.rename,
                     clean: args.clean,
                     bin_dir: None,
+                    temp_dir: Some(scratch.path().to_path_buf()),
                 },
             )?
         };

@@ -365,6 +365,17 @@ impl Config {
                         ),
                     ));
                 }
+                if server && (source.name.is_some() || !source.exclude.is_empty()) {
+                    return Err((
+                        at("sources"),
+                        format!(
+                            "`name` and `exclude` do not apply to `postgres` and `mysql` sources \
+                             (each database is stored under its own name); choose databases \
+                             with `databases = [...]` (job `{}`)",
+                            job.name
+                        ),
+                    ));
+                }
                 if source.mysql.is_some() && source.globals.is_some() {
                     return Err((
                         at("sources"),
@@ -380,6 +391,7 @@ impl Config {
                 }
                 if let Some(url) = &source.mysql {
                     palisade_backup::DbUrl::parse(url, palisade_backup::mysql::SCHEMES)
+                        .and_then(|url| palisade_backup::mysql::check_url(&url))
                         .map_err(|err| (at("sources"), format!("job `{}`: {err}", job.name)))?;
                 }
                 if source.sqlite.is_some() && !source.exclude.is_empty() {

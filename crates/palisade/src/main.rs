@@ -29,13 +29,19 @@ pub enum Outcome {
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     init_logging(&cli.global);
+    // PostgreSQL's restore_command: any failure but a missing file (which the command reports
+    // itself) must stop the recovery, or PostgreSQL takes it for the end of the archive.
+    let fatal = match &cli.command {
+        cli::Command::Pg(pg::PgCommand::ArchiveGet { .. }) => ExitCode::from(126),
+        _ => ExitCode::FAILURE,
+    };
     match commands::run(cli) {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::Partial) => ExitCode::from(3),
         Ok(Outcome::Failed) => ExitCode::FAILURE,
         Err(err) => {
             eprintln!("palisade: {}", render(&err));
-            ExitCode::FAILURE
+            fatal
         }
     }
 }

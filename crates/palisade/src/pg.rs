@@ -85,6 +85,12 @@ pub struct RestoreArgs {
     /// number.
     #[arg(long, value_name = "TIMELINE", default_value = "latest")]
     pub target_timeline: String,
+    /// Leave `archive_mode` as the base backup had it. By default the restored server does
+    /// not archive: a copy started for a test or an investigation must not push its own
+    /// timeline into the archive of the server it came from. Turn archiving on (or pass this)
+    /// once the restored server is the new primary.
+    #[arg(long)]
+    pub keep_archiving: bool,
 }
 
 #[derive(Debug, Args)]
@@ -195,7 +201,7 @@ fn base_backup(ctx: &Session, args: &BaseBackupArgs) -> Result<Outcome> {
     let report = palisade_backup::pg::base_backup(
         &repo,
         &BaseBackupOptions {
-            url: args.postgres.clone(),
+            url: palisade_backup::DbUrl::parse(&args.postgres, palisade_backup::postgres::SCHEMES)?,
             programs: programs(ctx),
             fast_checkpoint: args.fast_checkpoint,
             name: args.name.clone(),
@@ -236,6 +242,7 @@ fn restore(ctx: &Session, args: &RestoreArgs) -> Result<Outcome> {
             data_dir,
             snapshot: args.snapshot.clone(),
             restore_command: restore_command(ctx)?,
+            keep_archiving: args.keep_archiving,
         },
     )?;
     ctx.print(&report, |r| {

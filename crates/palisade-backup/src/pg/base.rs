@@ -64,8 +64,9 @@ impl PgBaseBackup {
 /// How to take a base backup.
 #[derive(Debug, Clone)]
 pub struct BaseBackupOptions {
-    /// libpq connection string or URL of the server (a replication-capable role).
-    pub url: String,
+    /// The server's URL (a replication-capable role); its password reaches the tools only
+    /// through their environment.
+    pub url: crate::DbUrl,
     /// Where pg_basebackup and psql are.
     pub programs: PgPrograms,
     /// Ask for an immediate checkpoint instead of a spread one.
@@ -118,9 +119,9 @@ pub fn base_backup(repo: &Repo, options: &BaseBackupOptions) -> Result<BackupRep
             .unwrap_or(crate::pg::DEFAULT_SEGMENT_SIZE),
     };
 
-    let mut cmd = tools::command(&program);
+    let mut cmd = tools::with_password(tools::command(&program), &options.url);
     cmd.arg("-d")
-        .arg(&options.url)
+        .arg(options.url.url().as_str())
         .args(["-D", "-", "-F", "tar", "-X", "none", "--label", "palisade"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -171,7 +172,7 @@ struct Finish {
     errors: std::thread::JoinHandle<String>,
     kept: Kept,
     partial: PgBaseBackup,
-    url: String,
+    url: crate::DbUrl,
     programs: PgPrograms,
 }
 

@@ -107,6 +107,8 @@ pub struct PgRestoreRequest {
     pub snapshot: Option<String>,
     /// The `restore_command` PostgreSQL runs for each WAL file (this binary's `archive-get`).
     pub restore_command: String,
+    /// Keep the base backup's `archive_mode`; otherwise the restored server archives nothing.
+    pub keep_archiving: bool,
 }
 
 /// What `pg restore` did.
@@ -493,6 +495,14 @@ fn write_recovery_settings(dir: &Path, request: &PgRestoreRequest, timeline: u32
         RecoveryTarget::Latest => {}
     }
     lines.push(setting("recovery_target_action", "promote"));
+    if !request.keep_archiving {
+        lines.push(
+            "# A restored copy must not push its own timeline into the archive it came from; \
+             set archive_mode = on once it is the new primary."
+                .to_string(),
+        );
+        lines.push(setting("archive_mode", "off"));
+    }
     lines.push(setting("recovery_target_timeline", &timeline.to_string()));
     let conf = dir.join("postgresql.auto.conf");
     let mut file = std::fs::OpenOptions::new()
@@ -514,7 +524,10 @@ fn postgres_time(time: Timestamp) -> String {
 
 /// `name = 'value'` with the value quoted as postgresql.conf wants.
 fn setting(name: &str, value: &str) -> String {
-    format!("{name} = '{}'", value.replace('\'', "''"))
+    format!(
+        "{name} = '{}'",
+        value.replace('\\', "\\\\").replace('\'', "''")
+    )
 }
 
 #[cfg(test)]
@@ -555,6 +568,11 @@ mod tests {
         assert_eq!(
             setting("restore_command", "'/opt/my palisade' pg archive-get %f %p"),
             "restore_command = '''/opt/my palisade'' pg archive-get %f %p'"
+        );
+        // A shell-quoted quote ('\'') keeps its backslash for the shell.
+        assert_eq!(
+            setting("restore_command", r"x --config '/a/it'\''s.toml'"),
+            r"restore_command = 'x --config ''/a/it''\\''''s.toml'''"
         );
     }
 }

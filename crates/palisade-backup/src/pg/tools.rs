@@ -64,10 +64,18 @@ pub(crate) fn command(program: &Path) -> Command {
     cmd
 }
 
+/// `cmd` with the URL's password, if it has one, in its environment: never in its arguments.
+pub(crate) fn with_password(mut cmd: Command, url: &crate::DbUrl) -> Command {
+    if let Some(password) = url.password() {
+        cmd.env("PGPASSWORD", password);
+    }
+    cmd
+}
+
 /// Runs one query with psql and gives back its row as fields (unaligned, `|`-separated).
-pub(crate) fn query(programs: &PgPrograms, url: &str, sql: &str) -> Result<Vec<String>> {
+pub(crate) fn query(programs: &PgPrograms, url: &crate::DbUrl, sql: &str) -> Result<Vec<String>> {
     let psql = programs.find("psql")?;
-    let out = command(&psql)
+    let out = with_password(command(&psql), url)
         .args([
             "-X",
             "-A",
@@ -80,12 +88,12 @@ pub(crate) fn query(programs: &PgPrograms, url: &str, sql: &str) -> Result<Vec<S
             "-c",
             sql,
         ])
-        .arg(url)
+        .arg(url.url().as_str())
         .output()
         .map_err(|err| crate::Error::io(&psql, err))?;
     if !out.status.success() {
         return Err(PgError::Connect {
-            url: redact(url),
+            url: url.shown(),
             reason: first_error(&String::from_utf8_lossy(&out.stderr)),
         }
         .into());

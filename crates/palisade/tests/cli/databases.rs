@@ -412,3 +412,109 @@ fn wrong_credentials_name_the_settings_to_fix() {
     assert!(message.contains("refused the credentials"), "{message}");
     assert!(!message.contains("wrong@"), "{message}");
 }
+
+#[test]
+fn a_clean_restore_that_fails_leaves_the_old_database_as_it_was() {
+    let server = PgServer::start();
+    server.psql("postgres", "CREATE ROLE ghost");
+    server.psql("postgres", "CREATE DATABASE shop");
+    server.psql(
+        "shop",
+        "CREATE TABLE t (x int); INSERT INTO t VALUES (1); GRANT SELECT ON t TO ghost",
+    );
+    let env = Env::init();
+    let url = server.url("postgres");
+    env.backup(&["--postgres", &url, "--database", "shop", "--no-globals"]);
+    // The dump grants to a role the server no longer has: pg_restore must fail.
+    server.psql("shop", "REVOKE ALL ON t FROM ghost");
+    server.psql("postgres", "DROP ROLE ghost");
+    server.psql("postgres", "CREATE DATABASE victim");
+    server.psql(
+        "victim",
+        "CREATE TABLE precious (x int); INSERT INTO precious VALUES (1), (2), (3)",
+    );
+    let out = env.expect(
+        &[
+            "restore",
+            "latest",
+            "--postgres",
+            &url,
+            "--as",
+            "victim",
+            "--clean",
+        ],
+        1,
+    );
+    assert!(stderr(&out).contains("ghost"), "{}", stderr(&out));
+    assert_eq!(server.psql("victim", "SELECT count(*) FROM precious"), "3");
+    let leftovers = server.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_database WHERE datname LIKE '%palisade%'",
+    );
+    assert_eq!(leftovers, "0");
+
+    // An empty database is used as it is; odd names are stored under a plain item name.
+    server.psql("postgres", "CREATE DATABASE trulyempty");
+    server.psql("postgres", "CREATE DATABASE \"a/b\"");
+    server.psql(
+        "a/b",
+        "CREATE TABLE y (v text); INSERT INTO y VALUES ('slash')",
+    );
+    let report = env.backup(&["--postgres", &url, "--database", "a/b", "--no-globals"]);
+    assert_eq!(item(&report, "postgres/a%2Fb.dump")["database"], "a/b");
+    env.ok(&[
+        "restore",
+        "latest",
+        "--postgres",
+        &url,
+        "--as",
+        "trulyempty",
+    ]);
+    assert_eq!(server.psql("trulyempty", "SELECT v FROM y"), "slash");
+}
+
+#[test]
+fn mariadb_routines_and_versioned_tables_restore_with_matching_counts() {
+    let server = MariaDb::start();
+    server.client(
+        "",
+        "CREATE DATABASE app; USE app; CREATE TABLE log (x int); \
+         CREATE TABLE ver (a int) WITH SYSTEM VERSIONING; INSERT INTO ver VALUES (1), (2); \
+         INSERT INTO log VALUES (7)",
+    );
+    server.client(
+        "app",
+        "DELIMITER //\nCREATE PROCEDURE p() BEGIN INSERT INTO log VALUES (1),(2),(3); \
+         INSERT INTO `ghost` VALUES (1); END //",
+    );
+    let url = format!(
+        "mysql://root@localhost/app?socket={}",
+        server.socket().display()
+    );
+    let env = Env::init();
+    let report = env.backup(&["--mysql", &url]);
+    let dump = item(&report, "mysql/app.sql");
+    assert_eq!(dump["tables"]["log"], 1, "{dump}");
+    assert_eq!(dump["tables"]["ver"], 2, "{dump}");
+    assert!(dump["tables"].get("ghost").is_none(), "{dump}");
+    let restored = env.json(&["restore", "latest", "--mysql", &url, "--as", "app2"]);
+    assert_eq!(restored["databases"][0]["rows"], 3);
+    assert_eq!(server.client("app2", "SELECT count(*) FROM ver"), "2");
+}
+
+#[test]
+fn archive_get_stops_recovery_when_it_cannot_even_read_its_config() {
+    let env = Env::init();
+    let out = env
+        .palisade()
+        .args([
+            "--config",
+            "/nonexistent/palisade.toml",
+            "pg",
+            "archive-get",
+        ])
+        .args(["000000010000000000000002", "/tmp/never-written"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
+}
