@@ -77,7 +77,7 @@ pub(crate) fn after_backup(job: &Job) -> Option<Vec<String>> {
 enum Task {
     /// A job's backup, recorded as run `run`.
     Backup {
-        job: Job,
+        job: Box<Job>,
         run: i64,
         location: String,
     },
@@ -219,11 +219,9 @@ impl Daemon<'_> {
             let unchanged = old
                 .get(&job.name)
                 .is_some_and(|(before, _)| before == setting);
-            if !unchanged {
-                if let Some(next) = schedule.next_after(now) {
-                    self.next
-                        .insert(job.name.clone(), next + jitter(schedule.jitter));
-                }
+            if !unchanged && let Some(next) = schedule.next_after(now) {
+                self.next
+                    .insert(job.name.clone(), next + jitter(schedule.jitter));
             }
             let missed = self
                 .store
@@ -355,11 +353,11 @@ impl Daemon<'_> {
         let mut command = self.command(true);
         command.args(["--json", "backup", "--job", &job.name]);
         let task = Task::Backup {
-            job: job.clone(),
+            job: Box::new(job.clone()),
             run,
             location: self.location(job),
         };
-        match Running::spawn(command, &self.text, task, now, deadline) {
+        match Running::spawn(command, &self.text, task, deadline) {
             Ok(child) => {
                 log::info!("job {}: started ({})", job.name, trigger_name(trigger));
                 self.dispatcher.ping(&job.name, RunPhase::Start, "");
@@ -497,7 +495,7 @@ impl Daemon<'_> {
             let task = Task::Retention {
                 job: job.name.clone(),
             };
-            match Running::spawn(command, &self.text, task, now, None) {
+            match Running::spawn(command, &self.text, task, None) {
                 Ok(child) => self.running.push(child),
                 Err(err) => log::error!("job {}: retention not started: {err}", job.name),
             }
@@ -567,7 +565,7 @@ impl Daemon<'_> {
         let task = Task::Probe {
             location: location.to_string(),
         };
-        match Running::spawn(command, &self.text, task, now, None) {
+        match Running::spawn(command, &self.text, task, None) {
             Ok(mut child) => {
                 child.limit = Some(Instant::now() + PROBE_TIMEOUT);
                 self.running.push(child);

@@ -29,8 +29,6 @@ pub enum StopReason {
 pub struct Running<T> {
     /// What the daemon does with the result.
     pub task: T,
-    /// When it started (daemon clock).
-    pub started: DateTime<Utc>,
     /// When the job's timeout stops it (daemon clock).
     pub deadline: Option<DateTime<Utc>>,
     /// When it is stopped whatever the daemon clock says (real time: for repository probes).
@@ -63,7 +61,6 @@ impl<T> Running<T> {
         mut command: Command,
         input: &str,
         task: T,
-        started: DateTime<Utc>,
         deadline: Option<DateTime<Utc>>,
     ) -> Result<Self> {
         use std::os::unix::process::CommandExt;
@@ -83,7 +80,6 @@ impl<T> Running<T> {
         let stderr = read_all(child.stderr.take().expect("stderr is piped"));
         Ok(Self {
             task,
-            started,
             deadline,
             limit: None,
             child,

@@ -486,14 +486,15 @@ fn sighup_with_a_bad_config_keeps_the_old_one_and_a_good_one_replaces_it() {
     daemon.signal("HUP");
     daemon.wait_log("config reload rejected, the previous config stays in force");
     assert!(daemon.log().contains("line 6"), "{}", daemon.log());
-    let before = runs(&env).len();
-    wait_for("more runs under the old config", || {
-        (runs(&env)
+    let successes = |env: &Env| {
+        runs(env)
             .iter()
             .filter(|r| r["outcome"] == "success")
             .count()
-            >= before + 1)
-            .then_some(())
+    };
+    let before = successes(&env);
+    wait_for("more runs under the old config", || {
+        (successes(&env) > before).then_some(())
     });
 
     write_config(&env, &good("renamed"));
