@@ -613,9 +613,35 @@ impl Daemon<'_> {
         for name in fine {
             self.clear(now, Rule::MissedBackup, &name);
         }
+        self.drop_stale_alerts(now);
         match Alerts::new(&self.store, repeat).repeats(now) {
             Ok(notices) => notices.into_iter().for_each(|n| self.send(n)),
             Err(err) => log::warn!("{err}"),
+        }
+    }
+
+    /// Alerts about a job that left the config are closed without a message; a missed-backup
+    /// alert of a job that is no longer scheduled is resolved.
+    fn drop_stale_alerts(&self, now: DateTime<Utc>) {
+        let Ok(open) = self.store.open_alerts() else {
+            return;
+        };
+        for alert in open {
+            let Some(job) = &alert.job else {
+                continue;
+            };
+            if self.config.jobs.iter().all(|j| &j.name != job) {
+                log::info!(
+                    "job {job} left the config; its {} alert is closed",
+                    alert.rule
+                );
+                if let Err(err) = self.store.remove_alert(&alert.key) {
+                    log::warn!("{err}");
+                }
+            } else if alert.rule == Rule::MissedBackup.as_str() && !self.schedules.contains_key(job)
+            {
+                self.clear(now, Rule::MissedBackup, job);
+            }
         }
     }
 
