@@ -1,11 +1,14 @@
-//! Test support shared by Palisade's crates: private moto S3, PostgreSQL and MariaDB servers per
-//! test, each started in its own temp dir, awaited, and stopped on drop.
+//! Test support shared by Palisade's crates: private moto S3, PostgreSQL, MariaDB and SMTP servers
+//! and a webhook receiver per test, each started in its own temp dir, awaited, and stopped on
+//! drop.
 //!
 //! moto lives here; [`postgres::PgServer`] and [`mariadb::MariaDb`] in their modules.
 
 pub mod mariadb;
 pub mod os_user;
 pub mod postgres;
+pub mod smtp;
+pub mod webhook;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -57,6 +57,11 @@ pub struct Global {
     /// Print more about what happens (twice for debugging output).
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// Set by `palisade daemon` for its child processes: the config text comes on standard
+    /// input, and the daemon records the run.
+    #[arg(long, global = true, hide = true)]
+    pub daemon_child: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,6 +99,15 @@ pub enum Command {
     Pg(crate::pg::PgCommand),
     /// Try Palisade on a demo application: back up, restore and verify, with no server needed.
     Quickstart(QuickstartArgs),
+    /// Run every job on its schedule; record runs, send alerts, serve metrics (docs/daemon.md).
+    Daemon(crate::daemon::DaemonArgs),
+    /// List each job's next scheduled runs.
+    Schedule(crate::schedule::ScheduleArgs),
+    /// Show the recorded runs of backups, newest first.
+    Runs(crate::state::RunsArgs),
+    /// Alert channels (docs/alerts.md).
+    #[command(subcommand)]
+    Alert(crate::alerting::AlertCommand),
 }
 
 #[derive(Debug, Subcommand)]

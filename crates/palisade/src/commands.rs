@@ -32,7 +32,16 @@ pub fn run(cli: Cli) -> Result<Outcome> {
     if let Command::Config(ConfigCommand::Check) = &cli.command {
         return check_config(&global);
     }
-    let config = Config::load(&global.config, config_named(&global))?;
+    if let Command::Daemon(_) = &cli.command {
+        return crate::daemon::run(&global);
+    }
+    let config = if global.daemon_child {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+        Config::parse(&text, &global.config)?
+    } else {
+        Config::load(&global.config, config_named(&global))?
+    };
     let ctx = Session::new(global, config);
     match cli.command {
         Command::Init(args) => ctx.init(&args),
@@ -47,13 +56,19 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Key(command) => ctx.key(command),
         Command::Bucket(command) => ctx.bucket(command),
         Command::Pg(command) => crate::pg::run(&ctx, command),
-        Command::Quickstart(_) | Command::Config(_) => unreachable!("handled above"),
+        Command::Schedule(args) => crate::schedule::show(&ctx, &args),
+        Command::Runs(args) => crate::state::show(&ctx, &args),
+        Command::Alert(command) => crate::alerting::run(&ctx, command),
+        Command::Quickstart(_) | Command::Config(_) | Command::Daemon(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 
 /// `config check`: the file must exist; every mistake is reported with its line.
 fn check_config(global: &Global) -> Result<Outcome> {
     let config = Config::load(&global.config, true)?;
+    crate::alerting::check_reachable(&global.config, &config)?;
     #[derive(Serialize)]
     struct Summary<'a> {
         config: String,
@@ -228,7 +243,9 @@ impl Session {
         let scratch = self.scratch()?;
         let mut reports = Vec::new();
         let mut failures = Vec::new();
+        let recorder = crate::state::Recorder::new(self);
         for job in &jobs {
+            let run = recorder.start(&job.name);
             let outcome = (|| -> Result<BackupReport> {
                 let repo = Repo::open(
                     self.location(job.repository.as_deref())?,
@@ -247,6 +264,7 @@ impl Session {
                 request.time = args.time;
                 Ok(palisade_backup::backup(&repo, request)?)
             })();
+            recorder.finish(run, &outcome);
             match outcome {
                 Ok(report) => reports.push(report),
                 Err(err) => {

@@ -30,6 +30,15 @@ pub struct Config {
     pub jobs: Vec<Job>,
     /// PostgreSQL point-in-time recovery settings.
     pub pitr: Option<crate::pg::PitrConfig>,
+    /// Where the run records and alert state live (default: see docs/daemon.md).
+    pub state_dir: Option<PathBuf>,
+    /// `palisade daemon` settings.
+    pub daemon: Option<crate::daemon::DaemonConfig>,
+    /// How alerts repeat and when a backup counts as missed.
+    pub alerting: Option<crate::alerting::AlertingConfig>,
+    /// Alert channels.
+    #[serde(default)]
+    pub alerts: Vec<crate::alerting::AlertConfig>,
 }
 
 /// The `[repository]` table (a plain string is read as its `location`).
@@ -100,6 +109,9 @@ pub struct Job {
     /// The `retention` table, checked.
     #[serde(skip)]
     pub policy: Option<RetentionPolicy>,
+    /// When `palisade daemon` runs the job: a cron expression, or a table with `cron`,
+    /// `timezone`, `jitter` and `timeout`.
+    pub schedule: Option<crate::schedule::ScheduleConfig>,
 }
 
 /// A job's `retention` table as written, restic's rule names in kebab-case; counts and
@@ -199,6 +211,12 @@ impl Config {
                 return Err(err).with_context(|| format!("cannot read config {}", path.display()));
             }
         };
+        Self::parse(&text, path)
+    }
+
+    /// Parses `text` as the config file at `path` (relative paths are taken from its folder).
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let text = text.to_string();
         let mut config: Self = toml::from_str(&text).map_err(|err| {
             // toml's own rendering quotes the offending line, which may hold a secret key:
             // name the line and column instead.
@@ -250,6 +268,10 @@ impl Config {
         };
         self.password_file.as_mut().map(fix);
         self.temp_dir.as_mut().map(fix);
+        self.state_dir.as_mut().map(fix);
+        for alert in &mut self.alerts {
+            alert.resolve(base);
+        }
         if let Some(pitr) = self.pitr.as_mut() {
             pitr.bin_dir.as_mut().map(fix);
             pitr.cache_dir.as_mut().map(fix);
@@ -405,6 +427,8 @@ impl Config {
                 }
             }
         }
+        crate::schedule::validate(self, text)?;
+        crate::alerting::validate(self, text)?;
         Ok(())
     }
 
@@ -492,7 +516,7 @@ fn bucket_line(text: &str, setting: &str) -> Option<usize> {
 
 /// The 1-based line of `key = ...` in the `nth` table called `section` (`""` for the top
 /// level; `nth` counts `[[section]]` entries); with an empty `key`, the table's header line.
-fn line_of(text: &str, section: &str, nth: usize, key: &str) -> Option<usize> {
+pub(crate) fn line_of(text: &str, section: &str, nth: usize, key: &str) -> Option<usize> {
     let mut current = String::new();
     let mut seen: Option<usize> = None;
     for (number, line) in text.lines().enumerate() {

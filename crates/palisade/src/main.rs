@@ -1,14 +1,18 @@
 //! The `palisade` binary: parses the command line, runs the command, maps the outcome to an exit
 //! code (0 ok, 1 failed, 2 bad usage, 3 partial).
 
+mod alerting;
 mod bucket;
 mod cli;
 mod commands;
 mod config;
+mod daemon;
 mod pg;
 mod progress;
 mod quickstart;
+mod schedule;
 mod scratch;
+mod state;
 
 use std::process::ExitCode;
 

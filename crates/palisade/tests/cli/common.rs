@@ -167,6 +167,7 @@ impl Env {
             .arg("--password-file")
             .arg(key)
             .env("TMPDIR", self.dir.path())
+            .env("PALISADE_STATE_DIR", self.dir.path().join("state"))
             .stdin(Stdio::null());
         cmd
     }

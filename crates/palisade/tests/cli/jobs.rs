@@ -22,7 +22,8 @@ fn write_config(env: &Env) -> std::path::PathBuf {
 fn bare(env: &Env) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_palisade"));
     cmd.current_dir(env.dir.path())
-        .env("TMPDIR", env.dir.path());
+        .env("TMPDIR", env.dir.path())
+        .env("PALISADE_STATE_DIR", env.path("state"));
     for (name, _) in std::env::vars() {
         if name.starts_with("PALISADE_") {
             cmd.env_remove(name);

@@ -1,9 +1,11 @@
 //! End-to-end tests of the `palisade` binary on real data, real SQLite and Debian's restic.
 
+mod alerts;
 mod bad_input;
 #[macro_use]
 mod common;
 mod compat;
+mod daemon;
 mod databases;
 mod jobs;
 mod pitr;

@@ -1,0 +1,160 @@
+//! Where the state store lives, `palisade runs`, and the run records `palisade backup` keeps.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use bytesize::ByteSize;
+use palisade_backup::BackupReport;
+use palisade_events::{RunOutcome, RunResult, Store, Trigger};
+
+use crate::{Outcome, commands::Session, config::Config};
+
+/// The state directory: `state_dir` in the config, then `PALISADE_STATE_DIR`, then systemd's
+/// `STATE_DIRECTORY`, then `$XDG_STATE_HOME/palisade`, then `~/.local/state/palisade`.
+pub fn state_dir(config: &Config) -> Option<PathBuf> {
+    let env = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    config
+        .state_dir
+        .clone()
+        .or_else(|| env("PALISADE_STATE_DIR"))
+        .or_else(|| {
+            // systemd may list several directories, separated by colons: the first is ours.
+            env("STATE_DIRECTORY").map(|dirs| {
+                PathBuf::from(dirs.to_string_lossy().split(':').next().unwrap_or_default())
+            })
+        })
+        .or_else(|| env("XDG_STATE_HOME").map(|dir| dir.join("palisade")))
+        .or_else(|| env("HOME").map(|home| home.join(".local/state/palisade")))
+}
+
+/// Opens the store of `config`'s state directory.
+pub fn open(config: &Config) -> Result<Store> {
+    let dir = state_dir(config).context(
+        "no state directory: set `state_dir` in palisade.toml or PALISADE_STATE_DIR (HOME is not \
+         set either)",
+    )?;
+    Ok(Store::open_dir(&dir)?)
+}
+
+/// Records `palisade backup`'s job runs; a store that cannot be used is a warning, never a
+/// failed backup.
+pub struct Recorder {
+    store: Option<Store>,
+}
+
+impl Recorder {
+    /// A recorder for this session's backups (none for the daemon's own children: the daemon
+    /// records those).
+    pub fn new(session: &Session) -> Self {
+        if session.global.daemon_child {
+            return Self { store: None };
+        }
+        let store = match open(&session.config) {
+            Ok(store) => Some(store),
+            Err(err) => {
+                log::warn!("runs are not recorded: {}", crate::render(&err));
+                None
+            }
+        };
+        Self { store }
+    }
+
+    /// Records that `job` started; gives the run's id.
+    pub fn start(&self, job: &str) -> Option<i64> {
+        let store = self.store.as_ref()?;
+        store
+            .start_run(job, Trigger::Command, chrono::Utc::now())
+            .map_err(|err| log::warn!("cannot record the run: {err}"))
+            .ok()
+    }
+
+    /// Records how the run ended.
+    pub fn finish(&self, id: Option<i64>, outcome: &Result<BackupReport>) {
+        let (Some(store), Some(id)) = (&self.store, id) else {
+            return;
+        };
+        let (state, result) = match outcome {
+            Ok(report) => (
+                if report.is_partial() {
+                    RunOutcome::Partial
+                } else {
+                    RunOutcome::Success
+                },
+                RunResult {
+                    bytes_read: Some(report.bytes_read),
+                    bytes_added: Some(report.bytes_added),
+                    snapshot: Some(report.snapshot.clone()),
+                    error: None,
+                },
+            ),
+            Err(err) => (
+                RunOutcome::Failed,
+                RunResult {
+                    error: Some(crate::render(err)),
+                    ..RunResult::default()
+                },
+            ),
+        };
+        if let Err(err) = store.finish_run(id, chrono::Utc::now(), state, &result) {
+            log::warn!("cannot record the run: {err}");
+        }
+    }
+}
+
+/// Options of `palisade runs`.
+#[derive(Debug, clap::Args)]
+pub struct RunsArgs {
+    /// Only this job's runs.
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
+    /// At most this many runs, newest first.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+}
+
+/// `palisade runs`: the recorded runs, newest first.
+pub fn show(session: &Session, args: &RunsArgs) -> Result<Outcome> {
+    let store = open(&session.config)?;
+    let runs = store.runs(args.job.as_deref(), args.limit)?;
+    session.list(&runs, |runs| {
+        let mut out = format!(
+            "{:>5}  {:<12}  {:<9}  {:<19}  {:>8}  {:<9}  {:>10}  {:<8}  error\n",
+            "id", "job", "trigger", "started (UTC)", "took", "outcome", "added", "snapshot"
+        );
+        for run in runs {
+            let took = run
+                .finished_at
+                .map(|end| {
+                    format!(
+                        "{:.1}s",
+                        (end - run.started_at).num_milliseconds() as f64 / 1e3
+                    )
+                })
+                .unwrap_or_default();
+            let trigger = serde_json::to_value(run.trigger).unwrap_or_default();
+            out.push_str(&format!(
+                "{:>5}  {:<12}  {:<9}  {:<19}  {:>8}  {:<9}  {:>10}  {:<8}  {}\n",
+                run.id,
+                run.job,
+                trigger.as_str().unwrap_or(""),
+                run.started_at.format("%Y-%m-%d %H:%M:%S"),
+                took,
+                run.outcome.as_str(),
+                run.bytes_added
+                    .map(|b| ByteSize(b).display().iec().to_string())
+                    .unwrap_or_default(),
+                run.snapshot
+                    .as_deref()
+                    .map(|s| &s[..s.len().min(8)])
+                    .unwrap_or(""),
+                run.error.as_deref().unwrap_or("")
+            ));
+        }
+        out.push_str(&format!("{} run(s)", runs.len()));
+        out
+    })
+}
