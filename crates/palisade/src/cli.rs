@@ -73,6 +73,9 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Check the repository's structure and, optionally, re-read its data.
     Check(CheckArgs),
+    /// Restore each job's newest snapshot into a scratch directory with private database
+    /// servers and check it: hashes, integrity, row counts, assertions, PITR (docs/proof.md).
+    RestoreTest(crate::prove::RestoreTestArgs),
     /// Remove the snapshots no retention rule keeps, each job by its own rules (docs/retention.md).
     Forget(ForgetArgs),
     /// Remove data no snapshot needs: unused packs are marked, and deleted by a prune 23 hours or

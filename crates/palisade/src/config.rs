@@ -25,6 +25,9 @@ pub struct Config {
     /// Where database copies and streams wait while they are archived (default: the system's
     /// temporary folder).
     pub temp_dir: Option<PathBuf>,
+    /// Where `verify` keeps its cursor between runs (default: $XDG_STATE_HOME/palisade or
+    /// ~/.local/state/palisade).
+    pub state_dir: Option<PathBuf>,
     /// Backup jobs.
     #[serde(default)]
     pub jobs: Vec<Job>,
@@ -185,6 +188,10 @@ pub struct Source {
     /// Globs to leave out of a directory.
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// `postgres` and `mysql`: SQL queries that must each return true on every restored
+    /// database of this source in `restore-test` and `drill`.
+    #[serde(default, rename = "assert")]
+    pub assertions: Vec<String>,
 }
 
 impl Config {
@@ -250,6 +257,7 @@ impl Config {
         };
         self.password_file.as_mut().map(fix);
         self.temp_dir.as_mut().map(fix);
+        self.state_dir.as_mut().map(fix);
         if let Some(pitr) = self.pitr.as_mut() {
             pitr.bin_dir.as_mut().map(fix);
             pitr.cache_dir.as_mut().map(fix);
@@ -365,6 +373,25 @@ impl Config {
                         ),
                     ));
                 }
+                if !server && !source.assertions.is_empty() {
+                    return Err((
+                        at("sources"),
+                        format!(
+                            "`assert` only applies to `postgres` and `mysql` sources (job `{}`)",
+                            job.name
+                        ),
+                    ));
+                }
+                if let Some(empty) = source.assertions.iter().find(|a| a.trim().is_empty()) {
+                    return Err((
+                        at("sources"),
+                        format!(
+                            "job `{}` has an empty assertion `{empty}`; write a query that \
+                             returns true, such as \"SELECT count(*) > 0 FROM users\"",
+                            job.name
+                        ),
+                    ));
+                }
                 if source.mysql.is_some() && source.globals.is_some() {
                     return Err((
                         at("sources"),
@@ -427,6 +454,43 @@ impl Config {
 }
 
 impl Job {
+    /// The assertions of the job's database sources, for restore tests.
+    pub fn assertions(&self) -> Vec<palisade_backup::prove::Assertion> {
+        let mut all = Vec::new();
+        for source in &self.sources {
+            let kind = if source.postgres.is_some() {
+                palisade_backup::ItemKind::Postgres
+            } else if source.mysql.is_some() {
+                palisade_backup::ItemKind::Mysql
+            } else {
+                continue;
+            };
+            all.extend(
+                source
+                    .assertions
+                    .iter()
+                    .map(|sql| palisade_backup::prove::Assertion {
+                        kind,
+                        databases: source.databases.clone(),
+                        sql: sql.clone(),
+                    }),
+            );
+        }
+        all
+    }
+
+    /// The `bin_dir` of the job's first source of `kind`, where the restore test looks for
+    /// the server programs too.
+    pub fn bin_dir(&self, kind: palisade_backup::ItemKind) -> Option<PathBuf> {
+        self.sources
+            .iter()
+            .find(|s| match kind {
+                palisade_backup::ItemKind::Postgres => s.postgres.is_some(),
+                _ => s.mysql.is_some(),
+            })
+            .and_then(|s| s.bin_dir.clone())
+    }
+
     /// The job's sources as engine specs (the file was validated, so every URL parses).
     pub fn specs(&self) -> Result<Vec<SourceSpec>> {
         self.sources

@@ -7,6 +7,7 @@ mod commands;
 mod config;
 mod pg;
 mod progress;
+mod prove;
 mod quickstart;
 mod scratch;
 

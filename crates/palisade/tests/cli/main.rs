@@ -7,6 +7,7 @@ mod compat;
 mod databases;
 mod jobs;
 mod pitr;
+mod prove;
 mod restore;
 mod retention;
 mod roundtrip;
