@@ -76,6 +76,9 @@ pub enum Command {
     /// Restore each job's newest snapshot into a scratch directory with private database
     /// servers and check it: hashes, integrity, row counts, assertions, PITR (docs/proof.md).
     RestoreTest(crate::prove::RestoreTestArgs),
+    /// Check the repository's structure and re-read a rotating part of its data, hashing every
+    /// item against its catalog; successive runs cover everything (docs/proof.md).
+    Verify(crate::prove::VerifyArgs),
     /// Remove the snapshots no retention rule keeps, each job by its own rules (docs/retention.md).
     Forget(ForgetArgs),
     /// Remove data no snapshot needs: unused packs are marked, and deleted by a prune 23 hours or

@@ -2,7 +2,7 @@
 //! the repository, running the engine's checks in this run's scratch directory, and printing
 //! the reports for people or as JSON.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use bytesize::ByteSize;
@@ -26,6 +26,35 @@ pub struct RestoreTestArgs {
     pub job: Option<String>,
     /// Test this snapshot (id, prefix or `latest`) instead of each job's newest.
     pub snapshot: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Hash only this job's items (pack files are shared and read for every job).
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
+    /// Read this percentage of the data per run, the next part each time: 100 reads everything,
+    /// 15 covers it all in 7 runs (default: one seventh).
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent, conflicts_with = "max_duration")]
+    pub read_data_subset: Option<u32>,
+    /// Read parts (of 28) until this much time has passed, at least one (as 30m, 2h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_duration: Option<std::time::Duration>,
+}
+
+/// A percentage as the number of parts a full rotation takes (10 → 10 parts, 15 → 7).
+fn parse_percent(text: &str) -> Result<u32, String> {
+    let number = text.trim().trim_end_matches('%');
+    match number.parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 100.0 => Ok((100.0 / p).ceil() as u32),
+        _ => Err("give a percentage above 0 and at most 100, such as 15 or 100".into()),
+    }
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || "not a duration; give hours or minutes, like 2h or 30m".to_string();
+    let duration: rustic_core::jiff::SignedDuration = text.trim().parse().map_err(|_| bad())?;
+    std::time::Duration::try_from(duration).map_err(|_| bad())
 }
 
 /// One test to run: which repository, which snapshot, with the job's settings.
@@ -220,4 +249,74 @@ fn report_text(report: &RestoreTestReport) -> String {
 
 fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
+}
+
+/// Runs `verify` and prints its report; exit 1 when anything was found.
+pub fn verify(ctx: &Session, args: &VerifyArgs) -> Result<Outcome> {
+    if let Some(job) = &args.job
+        && !ctx.config.jobs.is_empty()
+    {
+        ctx.config.job(job)?;
+    }
+    let amount = match (args.read_data_subset, args.max_duration) {
+        (_, Some(limit)) => prove::VerifyAmount::Duration(limit),
+        (Some(of), None) => prove::VerifyAmount::Parts { of },
+        (None, None) => prove::VerifyAmount::Parts {
+            of: prove::DEFAULT_PARTS,
+        },
+    };
+    let Some(state_dir) = state_dir(ctx) else {
+        bail!("no state directory: set `state_dir` in the config (or HOME or XDG_STATE_HOME)");
+    };
+    let repo = ctx.open()?;
+    let report = prove::verify(
+        &repo,
+        &prove::VerifyRequest {
+            amount,
+            label: args.job.clone(),
+            state_dir,
+        },
+    )?;
+    ctx.print(&report, verify_text)?;
+    if let Some(failure) = &report.failure {
+        bail!("verify failed: {failure}");
+    }
+    Ok(Outcome::Done)
+}
+
+fn verify_text(report: &prove::VerifyReport) -> String {
+    let mut lines: Vec<String> = report
+        .errors
+        .iter()
+        .map(|e| format!("error: {e}"))
+        .collect();
+    lines.extend(report.item_errors.iter().map(|e| format!("error: {e}")));
+    lines.extend(report.warnings.iter().map(|w| format!("warning: {w}")));
+    let cursor = &report.cursor;
+    lines.push(format!(
+        "{}: read part(s) {} with the structure check; {} item(s) of {} snapshot(s) hashed ({}); \
+         next run reads part {}/{}, {} full rotation(s) so far",
+        if report.passed { "verified" } else { "FAILED" },
+        report.parts.join(", "),
+        report.items,
+        report.snapshots,
+        ByteSize(report.bytes).display().iec(),
+        cursor.next,
+        cursor.of,
+        cursor.cycles
+    ));
+    lines.join("\n")
+}
+
+/// Where `verify` keeps its cursor: `state_dir`, else $XDG_STATE_HOME/palisade, else
+/// ~/.local/state/palisade.
+pub fn state_dir(ctx: &Session) -> Option<PathBuf> {
+    ctx.config.state_dir.clone().or_else(|| {
+        let base = std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|home| Path::new(&home).join(".local/state"))
+            })?;
+        Some(base.join("palisade"))
+    })
 }

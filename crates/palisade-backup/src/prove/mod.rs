@@ -12,6 +12,7 @@ mod mariadb;
 mod pgserver;
 mod restoretest;
 mod space;
+mod verify;
 
 pub use account::stop_servers;
 pub use error::ProveError;
@@ -20,6 +21,9 @@ pub use restoretest::{
     has_base_backup, pitr_test, restore_test, targets,
 };
 pub use space::free_space;
+pub use verify::{
+    DEFAULT_PARTS, DURATION_PARTS, VerifyAmount, VerifyCursor, VerifyReport, VerifyRequest, verify,
+};
 
 /// The last lines a program printed, as one short line.
 pub(crate) fn tail(text: &str) -> String {

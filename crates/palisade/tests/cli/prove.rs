@@ -271,3 +271,118 @@ fn an_interrupted_restore_test_stops_its_server_and_removes_its_scratch() {
         servers_left(&env).is_empty().then_some(())
     });
 }
+
+/// A repository holding Chinook and a small site, with a config whose state_dir is its own.
+fn verified_env() -> (Env, PathBuf) {
+    let (env, config) = proof_env("");
+    std::fs::write(
+        &config,
+        format!("state_dir = \"{}\"\n", env.path("state").display()),
+    )
+    .unwrap();
+    std::fs::create_dir_all(env.path("site")).unwrap();
+    std::fs::write(env.path("site/page.html"), noise(7, 20_000)).unwrap();
+    env.backup(&[
+        "--sqlite",
+        chinook().to_str().unwrap(),
+        "--dir",
+        env.path("site").to_str().unwrap(),
+    ]);
+    run(&env, &config, &["verify", "--read-data-subset", "100"], 0);
+    (env, config)
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = walk(dir).into_iter().filter(|p| p.is_file()).collect();
+    files.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).unwrap().len()));
+    files
+}
+
+fn name(path: &Path) -> String {
+    path.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+#[test]
+fn verify_names_a_pack_with_one_flipped_byte() {
+    let (env, config) = verified_env();
+    let pack = files_in(&env.repo.join("data")).remove(0);
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&pack, bytes).unwrap();
+    let message = stderr(&run(
+        &env,
+        &config,
+        &["verify", "--read-data-subset", "100"],
+        1,
+    ));
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(message.contains(&name(&pack)), "{message}");
+}
+
+#[test]
+fn verify_names_a_deleted_pack() {
+    let (env, config) = verified_env();
+    let pack = files_in(&env.repo.join("data")).remove(0);
+    std::fs::remove_file(&pack).unwrap();
+    let message = stderr(&run(
+        &env,
+        &config,
+        &["verify", "--read-data-subset", "100"],
+        1,
+    ));
+    assert!(message.contains(&name(&pack)), "{message}");
+}
+
+#[test]
+fn verify_names_a_truncated_index() {
+    let (env, config) = verified_env();
+    let index = files_in(&env.repo.join("index")).remove(0);
+    let bytes = std::fs::read(&index).unwrap();
+    std::fs::write(&index, &bytes[..bytes.len() / 2]).unwrap();
+    let message = stderr(&run(
+        &env,
+        &config,
+        &["verify", "--read-data-subset", "100"],
+        1,
+    ));
+    assert!(message.contains(&name(&index)), "{message}");
+}
+
+#[test]
+fn verify_rotates_through_the_data_and_keeps_its_cursor_in_the_state_dir() {
+    let (env, config) = verified_env();
+    let json = |out: std::process::Output| -> serde_json::Value {
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let first = json(run(
+        &env,
+        &config,
+        &["--json", "verify", "--read-data-subset", "50"],
+        0,
+    ));
+    assert_eq!(first["parts"], serde_json::json!(["1/2"]), "{first}");
+    let second = json(run(
+        &env,
+        &config,
+        &["--json", "verify", "--read-data-subset", "50"],
+        0,
+    ));
+    assert_eq!(second["parts"], serde_json::json!(["2/2"]), "{second}");
+    assert_eq!(second["cursor"]["next"], 1);
+    // Two halves together hashed every item once, whichever half each snapshot fell into.
+    let items = first["items"].as_u64().unwrap() + second["items"].as_u64().unwrap();
+    assert_eq!(items, 2, "{first}\n{second}");
+    let cursor_file = second["cursor_file"].as_str().unwrap();
+    assert!(
+        cursor_file.starts_with(env.path("state").to_str().unwrap()),
+        "{cursor_file}"
+    );
+    let whole = json(run(
+        &env,
+        &config,
+        &["--json", "verify", "--max-duration", "10m"],
+        0,
+    ));
+    assert_eq!(whole["parts"].as_array().unwrap().len(), 28, "{whole}");
+}
