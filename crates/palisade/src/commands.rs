@@ -43,6 +43,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Check(args) => ctx.check(&args),
         Command::RestoreTest(args) => crate::prove::restore_test(&ctx, &args),
         Command::Verify(args) => crate::prove::verify(&ctx, &args),
+        Command::Drill(args) => crate::prove::drill(&ctx, &args),
         Command::Forget(args) => ctx.forget(&args),
         Command::Prune(args) => ctx.prune(&args),
         Command::Stats => ctx.stats(),

@@ -42,6 +42,13 @@ pub struct VerifyArgs {
     pub max_duration: Option<std::time::Duration>,
 }
 
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// Folder for the report (drill-TIME.md and drill-TIME.json); created when missing.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub output: PathBuf,
+}
+
 /// A percentage as the number of parts a full rotation takes (10 → 10 parts, 15 → 7).
 fn parse_percent(text: &str) -> Result<u32, String> {
     let number = text.trim().trim_end_matches('%');
@@ -319,4 +326,65 @@ pub fn state_dir(ctx: &Session) -> Option<PathBuf> {
             })?;
         Some(base.join("palisade"))
     })
+}
+
+/// Runs the drill: no cache, no state, only the repository and its key (a config, when there
+/// is one, adds assertions). Writes the report files, prints the summary.
+pub fn drill(ctx: &Session, args: &DrillArgs) -> Result<Outcome> {
+    let clock = std::time::Instant::now();
+    let repo = ctx.open()?;
+    let open_seconds = clock.elapsed().as_secs_f64();
+    let scratch = proof_scratch(ctx)?;
+    let mut assertions = std::collections::BTreeMap::new();
+    for job in &ctx.config.jobs {
+        assertions.insert(job.name.clone(), job.assertions());
+    }
+    let report = prove::drill(
+        &repo,
+        &prove::DrillRequest {
+            scratch: scratch.path().to_path_buf(),
+            open_seconds,
+            assertions,
+            pg_bin_dir: None,
+            mysql_bin_dir: None,
+        },
+    )?;
+    drop(scratch);
+    std::fs::create_dir_all(&args.output)?;
+    let stamp = report
+        .started
+        .get(..19)
+        .unwrap_or(&report.started)
+        .replace(':', "");
+    let markdown = args.output.join(format!("drill-{stamp}.md"));
+    let json = args.output.join(format!("drill-{stamp}.json"));
+    std::fs::write(&markdown, report.markdown())?;
+    std::fs::write(&json, serde_json::to_vec_pretty(&report)?)?;
+    ctx.print(&report, |r| {
+        let mut lines: Vec<String> = r
+            .jobs
+            .iter()
+            .map(|j| {
+                format!(
+                    "{} {}: {} item(s), RTO {:.1} s, RPO {}",
+                    if j.test.passed { "recovered" } else { "FAILED" },
+                    display_name(&j.label),
+                    j.items.len(),
+                    j.rto_seconds,
+                    j.rpo_seconds
+                        .map_or_else(|| "none".into(), |s| format!("{s:.0} s"))
+                )
+            })
+            .collect();
+        lines.push(format!(
+            "report written to {} and {}",
+            markdown.display(),
+            json.display()
+        ));
+        lines.join("\n")
+    })?;
+    if let Some(failure) = &report.failure {
+        bail!("drill failed: {failure}");
+    }
+    Ok(Outcome::Done)
 }

@@ -7,6 +7,7 @@
 //! describes the checks and the reports' fields.
 
 mod account;
+mod drill;
 mod error;
 mod mariadb;
 mod pgserver;
@@ -15,6 +16,7 @@ mod space;
 mod verify;
 
 pub use account::stop_servers;
+pub use drill::{DrillJob, DrillReport, DrillRequest, drill};
 pub use error::ProveError;
 pub use restoretest::{
     Assertion, Check, RestoreTest, RestoreTestReport, RestoreTestRequest, TestTarget, display_name,

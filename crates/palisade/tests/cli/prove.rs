@@ -386,3 +386,52 @@ fn verify_rotates_through_the_data_and_keeps_its_cursor_in_the_state_dir() {
     ));
     assert_eq!(whole["parts"].as_array().unwrap().len(), 28, "{whole}");
 }
+
+#[test]
+fn the_drill_recovers_every_job_from_a_fresh_empty_state_and_writes_its_report() {
+    let (env, _) = proof_env("");
+    std::fs::create_dir_all(env.path("site")).unwrap();
+    std::fs::write(env.path("site/index.html"), "<h1>shop</h1>\n").unwrap();
+    env.backup(&["--sqlite", chinook().to_str().unwrap()]);
+    env.backup(&["--dir", env.path("site").to_str().unwrap()]);
+    // A new host: an empty home, no config, no cache, no state; only the address and the key.
+    let home = env.path("new-host");
+    std::fs::create_dir(&home).unwrap();
+    let out = env
+        .palisade()
+        .current_dir(&home)
+        .env("HOME", &home)
+        .env_remove("XDG_CACHE_HOME")
+        .env_remove("XDG_STATE_HOME")
+        .args(["--json", "drill", "--output", "report"])
+        .output()
+        .unwrap();
+    assert_status(&out, 0, "palisade drill");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["passed"], true, "{report}");
+    let job = &report["jobs"][0];
+    assert_eq!(job["label"], "");
+    assert!(job["rto_seconds"].as_f64().unwrap() > 0.0, "{job}");
+    assert!(job["rpo_seconds"].as_f64().unwrap() >= 0.0, "{job}");
+    // The newest ad-hoc snapshot holds the site; its check hashed it.
+    assert_eq!(job["test"]["checks"][0]["item"], "files/site", "{job}");
+    let written: Vec<String> = std::fs::read_dir(home.join("report"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(written.iter().any(|n| n.ends_with(".md")), "{written:?}");
+    assert!(written.iter().any(|n| n.ends_with(".json")), "{written:?}");
+    let markdown = std::fs::read_to_string(
+        home.join("report")
+            .join(written.iter().find(|n| n.ends_with(".md")).unwrap()),
+    )
+    .unwrap();
+    assert!(
+        markdown.contains("| (no job) |") && markdown.contains("RTO"),
+        "{markdown}"
+    );
+    // Nothing but the report was left on the new host.
+    let entries: Vec<_> = std::fs::read_dir(&home).unwrap().collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(leftovers(&env).is_empty());
+}
