@@ -11,6 +11,7 @@ mod prove;
 mod restore;
 mod retention;
 mod roundtrip;
+mod runbooks;
 mod s3;
 mod s3support;
 mod streams;
