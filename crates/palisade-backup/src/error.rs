@@ -192,6 +192,10 @@ pub enum Error {
     #[error(transparent)]
     Pg(#[from] crate::pg::PgError),
 
+    /// Restore tests, verification and drills: a server that cannot start, no room, no state.
+    #[error(transparent)]
+    Prove(#[from] crate::prove::ProveError),
+
     /// An error reported by rustic_core that has no more specific variant here.
     #[error("{context}: {message}")]
     Repository { context: String, message: String },

@@ -15,6 +15,7 @@ pub mod inspect;
 pub mod mysql;
 pub mod pg;
 pub mod postgres;
+pub mod prove;
 pub mod prune;
 pub mod repository;
 pub mod restore;

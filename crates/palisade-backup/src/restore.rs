@@ -75,6 +75,25 @@ struct Group<'a> {
 /// Restores a snapshot; fails after restoring everything it can if any item is damaged.
 pub fn restore(repo: &Repo, request: &RestoreRequest) -> Result<RestoreReport> {
     let open = OpenSnapshot::open(repo, &request.snapshot)?;
+    let report = restore_open(&open, request)?;
+    let failures = report.failures();
+    if let Some(first) = failures.first() {
+        return Err(Error::RestoreIncomplete {
+            failed: failures.len(),
+            total: report.items.len(),
+            first: format!(
+                "{}: {}",
+                first.path,
+                first.error.as_deref().unwrap_or_default()
+            ),
+        });
+    }
+    Ok(report)
+}
+
+/// Restores an opened snapshot; an item that fails is recorded in the report with its reason,
+/// and the others are still restored.
+pub(crate) fn restore_open(open: &OpenSnapshot, request: &RestoreRequest) -> Result<RestoreReport> {
     if let Some((path, reason)) = unsafe_entries(&open.entries) {
         return Err(Error::UnsafeEntry {
             path,
@@ -82,7 +101,7 @@ pub fn restore(repo: &Repo, request: &RestoreRequest) -> Result<RestoreReport> {
         });
     }
     let catalog = open.catalog()?;
-    let groups = groups(&open, catalog.as_ref(), &request.include)?;
+    let groups = groups(open, catalog.as_ref(), &request.include)?;
     let selected: Vec<(PathBuf, Node)> = open
         .entries
         .iter()
@@ -92,7 +111,7 @@ pub fn restore(repo: &Repo, request: &RestoreRequest) -> Result<RestoreReport> {
 
     let dest = destination(&request.target)?;
     guard_links(&request.target, &selected, request.overwrite)?;
-    check_overwrite(&open, &selected, &dest, request)?;
+    check_overwrite(open, &selected, &dest, request)?;
 
     let mut report = RestoreReport {
         snapshot: open.id(),
@@ -107,7 +126,7 @@ pub fn restore(repo: &Repo, request: &RestoreRequest) -> Result<RestoreReport> {
             .filter(|(path, _)| related(path, &group.path))
             .cloned()
             .collect();
-        let restored = restore_entries(&open, entries.clone(), &dest)
+        let restored = restore_entries(open, entries.clone(), &dest)
             .and_then(|()| verify(&request.target, &entries, group.item));
         let (verified, error) = match restored {
             Ok(verified) => (verified, None),
@@ -121,19 +140,6 @@ pub fn restore(repo: &Repo, request: &RestoreRequest) -> Result<RestoreReport> {
             path: group.path.clone(),
             verified,
             error,
-        });
-    }
-
-    let failures = report.failures();
-    if let Some(first) = failures.first() {
-        return Err(Error::RestoreIncomplete {
-            failed: failures.len(),
-            total: report.items.len(),
-            first: format!(
-                "{}: {}",
-                first.path,
-                first.error.as_deref().unwrap_or_default()
-            ),
         });
     }
     Ok(report)

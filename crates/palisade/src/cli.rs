@@ -78,6 +78,15 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Check the repository's structure and, optionally, re-read its data.
     Check(CheckArgs),
+    /// Restore each job's newest snapshot into a scratch directory with private database
+    /// servers and check it: hashes, integrity, row counts, assertions, PITR (docs/proof.md).
+    RestoreTest(crate::prove::RestoreTestArgs),
+    /// Check the repository's structure and re-read a rotating part of its data, hashing every
+    /// item against its catalog; successive runs cover everything (docs/proof.md).
+    Verify(crate::prove::VerifyArgs),
+    /// Rehearse a recovery from only the repository and its key: list what can be recovered,
+    /// restore and check every job's newest snapshot, write a report with RTO and RPO.
+    Drill(crate::prove::DrillArgs),
     /// Remove the snapshots no retention rule keeps, each job by its own rules (docs/retention.md).
     Forget(ForgetArgs),
     /// Remove data no snapshot needs: unused packs are marked, and deleted by a prune 23 hours or

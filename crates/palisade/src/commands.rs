@@ -50,6 +50,9 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Ls(args) => ctx.ls(&args),
         Command::Restore(args) => ctx.restore(args),
         Command::Check(args) => ctx.check(&args),
+        Command::RestoreTest(args) => crate::prove::restore_test(&ctx, &args),
+        Command::Verify(args) => crate::prove::verify(&ctx, &args),
+        Command::Drill(args) => crate::prove::drill(&ctx, &args),
         Command::Forget(args) => ctx.forget(&args),
         Command::Prune(args) => ctx.prune(&args),
         Command::Stats => ctx.stats(),
@@ -167,7 +170,7 @@ impl Session {
         }
     }
 
-    fn open(&self) -> Result<Repo> {
+    pub(crate) fn open(&self) -> Result<Repo> {
         Ok(Repo::open(
             self.location(None)?,
             self.password(None)?,

@@ -30,7 +30,8 @@ pub struct Config {
     pub jobs: Vec<Job>,
     /// PostgreSQL point-in-time recovery settings.
     pub pitr: Option<crate::pg::PitrConfig>,
-    /// Where the run records and alert state live (default: see docs/daemon.md).
+    /// Where the run records, the alert state and `verify`'s cursor live (default: see
+    /// docs/daemon.md).
     pub state_dir: Option<PathBuf>,
     /// `palisade daemon` settings.
     pub daemon: Option<crate::daemon::DaemonConfig>,
@@ -197,6 +198,10 @@ pub struct Source {
     /// Globs to leave out of a directory.
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// `postgres` and `mysql`: SQL queries that must each return true on every restored
+    /// database of this source in `restore-test` and `drill`.
+    #[serde(default, rename = "assert")]
+    pub assertions: Vec<String>,
 }
 
 impl Config {
@@ -398,6 +403,25 @@ impl Config {
                         ),
                     ));
                 }
+                if !server && !source.assertions.is_empty() {
+                    return Err((
+                        at("sources"),
+                        format!(
+                            "`assert` only applies to `postgres` and `mysql` sources (job `{}`)",
+                            job.name
+                        ),
+                    ));
+                }
+                if let Some(empty) = source.assertions.iter().find(|a| a.trim().is_empty()) {
+                    return Err((
+                        at("sources"),
+                        format!(
+                            "job `{}` has an empty assertion `{empty}`; write a query that \
+                             returns true, such as \"SELECT count(*) > 0 FROM users\"",
+                            job.name
+                        ),
+                    ));
+                }
                 if source.mysql.is_some() && source.globals.is_some() {
                     return Err((
                         at("sources"),
@@ -463,6 +487,43 @@ impl Config {
 }
 
 impl Job {
+    /// The assertions of the job's database sources, for restore tests.
+    pub fn assertions(&self) -> Vec<palisade_backup::prove::Assertion> {
+        let mut all = Vec::new();
+        for source in &self.sources {
+            let kind = if source.postgres.is_some() {
+                palisade_backup::ItemKind::Postgres
+            } else if source.mysql.is_some() {
+                palisade_backup::ItemKind::Mysql
+            } else {
+                continue;
+            };
+            all.extend(
+                source
+                    .assertions
+                    .iter()
+                    .map(|sql| palisade_backup::prove::Assertion {
+                        kind,
+                        databases: source.databases.clone(),
+                        sql: sql.clone(),
+                    }),
+            );
+        }
+        all
+    }
+
+    /// The `bin_dir` of the job's first source of `kind`, where the restore test looks for
+    /// the server programs too.
+    pub fn bin_dir(&self, kind: palisade_backup::ItemKind) -> Option<PathBuf> {
+        self.sources
+            .iter()
+            .find(|s| match kind {
+                palisade_backup::ItemKind::Postgres => s.postgres.is_some(),
+                _ => s.mysql.is_some(),
+            })
+            .and_then(|s| s.bin_dir.clone())
+    }
+
     /// The job's sources as engine specs (the file was validated, so every URL parses).
     pub fn specs(&self) -> Result<Vec<SourceSpec>> {
         self.sources

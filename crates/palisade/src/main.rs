@@ -9,6 +9,7 @@ mod config;
 mod daemon;
 mod pg;
 mod progress;
+mod prove;
 mod quickstart;
 mod schedule;
 mod scratch;

@@ -1,5 +1,6 @@
-//! The per-run scratch directory for SQLite copies, removed when the run
-//! ends — also when it is interrupted by SIGINT, SIGTERM or SIGHUP.
+//! The per-run scratch directory for SQLite copies and restore tests, removed when the run
+//! ends — also when it is interrupted by SIGINT, SIGTERM or SIGHUP, after the private database
+//! servers of a restore test are stopped.
 
 use std::path::{Path, PathBuf};
 
@@ -33,14 +34,16 @@ impl Scratch {
     }
 }
 
-/// On the first SIGINT, SIGTERM or SIGHUP: remove `dir` and exit as the shell would report the
-/// signal (128 + its number). No snapshot is visible at that point unless the backup had already
-/// finished, because the snapshot file is the last thing a backup writes.
+/// On the first SIGINT, SIGTERM or SIGHUP: stop the private servers a restore test started,
+/// remove `dir` and exit as the shell would report the signal (128 + its number). No snapshot is
+/// visible at that point unless the backup had already finished, because the snapshot file is
+/// the last thing a backup writes.
 fn remove_on_signal(dir: PathBuf) -> Result<()> {
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
     std::thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {
+            palisade_backup::prove::stop_servers();
             let _ = std::fs::remove_dir_all(&dir);
             eprintln!(
                 "palisade: interrupted; removed the scratch directory, no snapshot was saved"

@@ -15,9 +15,11 @@ mod tools;
 pub mod wal;
 
 pub use archive::{ArchivedWal, PushReport, WAL_TAG, archived, get, push, wal_name};
+pub(crate) use archive::{list_archived, read_archived};
 pub use base::{BASE_TAG, BaseBackupOptions, PgBaseBackup, base_backup};
 pub use check::{TimelineWal, WalCheckReport, wal_check};
 pub use error::PgError;
+pub(crate) use recover::base_backups;
 pub use recover::{PgRestoreReport, PgRestoreRequest, RecoveryTarget, TimelineChoice, restore};
 pub use tools::{PgPrograms, redact};
 pub use wal::{DEFAULT_SEGMENT_SIZE, Lsn};

@@ -421,3 +421,42 @@ fn wal_check_reports_timelines_without_history_or_parent() {
         "{report}"
     );
 }
+
+#[test]
+fn restore_test_replays_the_archive_to_its_end_on_a_private_server() {
+    let archive = Archive::new();
+    let server = archive.server();
+    server.psql("postgres", "CREATE DATABASE shop");
+    server.psql("shop", "CREATE TABLE events (stage text, n int)");
+    archive.ok(&[
+        "pg",
+        "base-backup",
+        "--postgres",
+        &server.url("postgres"),
+        "--fast-checkpoint",
+    ]);
+    insert(&server, "t1");
+    switch_and_wait(&server);
+
+    // As the server's account: the non-root path, where the private server runs as the caller.
+    let out = archive.ok(&["--json", "restore-test", "--job", "pitr"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let test = &report["tests"][0];
+    assert_eq!(test["name"], "pitr", "{report}");
+    assert_eq!(test["passed"], true, "{report}");
+    let check = &test["checks"][0];
+    assert!(
+        check["rows"].as_u64().unwrap() >= 2,
+        "segments replayed: {check}"
+    );
+    assert!(
+        check["tables"].as_u64().unwrap() >= 2,
+        "databases seen: {check}"
+    );
+    let left: Vec<_> = std::fs::read_dir(archive.env.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("palisade-run-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
