@@ -15,21 +15,27 @@ pub enum Rule {
     RunFailed,
     /// A job has had no successful backup for longer than its allowance.
     MissedBackup,
-    /// Retention (forget) or prune failed after a job's backup.
+    /// Retention (forget) after a job's backup, or a scheduled prune, failed.
     RetentionFailed,
     /// A repository could not be opened.
     RepositoryUnreachable,
+    /// A scheduled `verify` found damage (or could not run).
+    VerifyFailed,
+    /// A scheduled `restore-test` failed.
+    RestoreTestFailed,
     /// `palisade alert test`.
     Test,
 }
 
 impl Rule {
     /// Every rule a channel can subscribe to.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 6] = [
         Self::RunFailed,
         Self::MissedBackup,
         Self::RetentionFailed,
         Self::RepositoryUnreachable,
+        Self::VerifyFailed,
+        Self::RestoreTestFailed,
     ];
 
     /// The rule's name in the config, in messages and in the store.
@@ -39,6 +45,8 @@ impl Rule {
             Self::MissedBackup => "missed-backup",
             Self::RetentionFailed => "retention-failed",
             Self::RepositoryUnreachable => "repository-unreachable",
+            Self::VerifyFailed => "verify-failed",
+            Self::RestoreTestFailed => "restore-test-failed",
             Self::Test => "test",
         }
     }

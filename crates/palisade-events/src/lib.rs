@@ -17,5 +17,5 @@ pub use crate::{
     channel::{Channel, ChannelKind, Dispatcher, EmailOptions, RunPhase, Secret, SmtpTls},
     clock::{Clock, FileClock, ManualClock, SystemClock},
     error::{Error, Result},
-    store::{RunOutcome, RunRecord, RunResult, Store, Trigger},
+    store::{RunKind, RunOutcome, RunRecord, RunResult, Store, Trigger},
 };

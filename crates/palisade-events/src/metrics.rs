@@ -8,7 +8,7 @@ use std::{
 
 use prometheus::{Encoder, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder};
 
-use crate::{Error, Result, RunOutcome, Store};
+use crate::{Error, Result, RunKind, RunOutcome, Store};
 
 /// The metrics of `jobs` (and of any other job the store has runs of), in Prometheus' text
 /// format.
@@ -65,7 +65,7 @@ pub fn render(store: &Store, jobs: &[String]) -> Result<String> {
     }
     for job in &names {
         let labels = [job.as_str()];
-        let runs = store.runs(Some(job), usize::MAX >> 1)?;
+        let runs = store.runs_of(RunKind::Backup, job, usize::MAX >> 1)?;
         for metric in [&failures, &snapshots, &added] {
             metric.with_label_values(&labels).inc_by(0);
         }
@@ -79,6 +79,7 @@ pub fn render(store: &Store, jobs: &[String]) -> Result<String> {
                         .with_label_values(&labels)
                         .inc_by(run.bytes_added.unwrap_or(0));
                 }
+                RunOutcome::Skipped => {}
                 _ => failures.with_label_values(&labels).inc(),
             }
         }
@@ -96,6 +97,48 @@ pub fn render(store: &Store, jobs: &[String]) -> Result<String> {
             last_added
                 .with_label_values(&labels)
                 .set(run.bytes_added.unwrap_or(0) as f64);
+        }
+    }
+
+    // Maintenance tasks (prune, verify, restore-test), labelled by task and job ("" for a
+    // task over every job).
+    let task_gauge = |name: &str, help: &str| {
+        let gauge = GaugeVec::new(Opts::new(name, help), &["task", "job"]).expect("valid metric");
+        registry
+            .register(Box::new(gauge.clone()))
+            .expect("unique metric");
+        gauge
+    };
+    let task_success = task_gauge(
+        "palisade_task_last_success_timestamp_seconds",
+        "When the task's last successful run finished (Unix time).",
+    );
+    let task_failed = task_gauge(
+        "palisade_task_last_failed",
+        "1 when the task's last finished run failed, else 0.",
+    );
+    let task_duration = task_gauge(
+        "palisade_task_last_duration_seconds",
+        "How long the task's last finished run took.",
+    );
+    for (kind, job) in store.tasks()? {
+        let labels = [kind.as_str(), job.as_str()];
+        let runs = store.runs_of(kind, &job, usize::MAX >> 1)?;
+        if let Some(run) = runs.iter().find(|run| run.finished_at.is_some()) {
+            let took = run.finished_at.unwrap_or(run.started_at) - run.started_at;
+            task_duration
+                .with_label_values(&labels)
+                .set(took.num_milliseconds() as f64 / 1000.0);
+            let failed = run.outcome != RunOutcome::Success;
+            task_failed
+                .with_label_values(&labels)
+                .set(if failed { 1.0 } else { 0.0 });
+        }
+        if let Some(run) = runs.iter().find(|run| run.outcome == RunOutcome::Success) {
+            let at = run.finished_at.unwrap_or(run.started_at);
+            task_success
+                .with_label_values(&labels)
+                .set(at.timestamp_millis() as f64 / 1000.0);
         }
     }
 

@@ -46,6 +46,11 @@ const MIGRATIONS: &[&str] = &[
         job TEXT PRIMARY KEY,
         first_seen TEXT NOT NULL
     );",
+    // 2: maintenance tasks (prune, verify, restore tests) are runs too, told apart by `kind`;
+    // `report` keeps the command's JSON report (durations, sizes, what was found).
+    "ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'backup';
+    ALTER TABLE runs ADD COLUMN report TEXT;
+    CREATE INDEX runs_by_kind ON runs (kind, job, started_at);",
 ];
 
 /// The schema version this build writes.
@@ -61,6 +66,44 @@ pub enum Trigger {
     Schedule,
     /// The daemon at start-up, for a slot missed while it was down.
     CatchUp,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunKind {
+    /// A job's backup.
+    Backup,
+    /// `palisade prune` of a repository.
+    Prune,
+    /// `palisade verify`.
+    Verify,
+    /// `palisade restore-test`.
+    RestoreTest,
+}
+
+impl RunKind {
+    /// Every kind.
+    pub const ALL: [Self; 4] = [Self::Backup, Self::Prune, Self::Verify, Self::RestoreTest];
+
+    /// The word stored in the `kind` column, and the command's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Backup => "backup",
+            Self::Prune => "prune",
+            Self::Verify => "verify",
+            Self::RestoreTest => "restore-test",
+        }
+    }
+
+    /// The kind called `text`. The column holds only the words above (a file a newer
+    /// Palisade wrote is refused before it is read), so the fallback never shows.
+    fn parse(text: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+            .unwrap_or(Self::Verify)
+    }
 }
 
 /// How a run ended (or that it has not yet).
@@ -79,6 +122,8 @@ pub enum RunOutcome {
     Timeout,
     /// No snapshot: the daemon was stopped while it ran.
     Abandoned,
+    /// Not run: another run of the job (by hand, or by another daemon) was going on.
+    Skipped,
 }
 
 impl RunOutcome {
@@ -91,6 +136,7 @@ impl RunOutcome {
             Self::Failed => "failed",
             Self::Timeout => "timeout",
             Self::Abandoned => "abandoned",
+            Self::Skipped => "skipped",
         }
     }
 
@@ -101,6 +147,7 @@ impl RunOutcome {
             "failed" => Self::Failed,
             "timeout" => Self::Timeout,
             "abandoned" => Self::Abandoned,
+            "skipped" => Self::Skipped,
             _ => Self::Running,
         }
     }
@@ -134,7 +181,9 @@ impl Trigger {
 pub struct RunRecord {
     /// The row id.
     pub id: i64,
-    /// The config job.
+    /// What it did.
+    pub kind: RunKind,
+    /// The config job; empty for a task over every job (or the default repository).
     pub job: String,
     /// What started it.
     pub trigger: Trigger,
@@ -148,10 +197,12 @@ pub struct RunRecord {
     pub bytes_read: Option<u64>,
     /// Bytes added to the repository.
     pub bytes_added: Option<u64>,
-    /// The snapshot saved.
+    /// The snapshot saved (or tested).
     pub snapshot: Option<String>,
     /// Why it failed.
     pub error: Option<String>,
+    /// The command's JSON report, when it gave one.
+    pub report: Option<serde_json::Value>,
 }
 
 /// How a finished run went, for [`Store::finish_run`].
@@ -165,6 +216,8 @@ pub struct RunResult {
     pub snapshot: Option<String>,
     /// Why it failed.
     pub error: Option<String>,
+    /// The command's JSON report.
+    pub report: Option<serde_json::Value>,
 }
 
 /// One open alert, as the `alerts` table holds it.
@@ -272,16 +325,30 @@ impl Store {
             .map_err(|e| self.wrap(e))
     }
 
-    /// Records that `job` started at `at`; gives the run's id.
+    /// Records that a backup of `job` started at `at`; gives the run's id.
     pub fn start_run(&self, job: &str, trigger: Trigger, at: DateTime<Utc>) -> Result<i64> {
+        self.start(RunKind::Backup, job, trigger, at)
+    }
+
+    /// Records that a run of `kind` for `job` (empty: every job) started at `at`; gives the
+    /// run's id.
+    pub fn start(
+        &self,
+        kind: RunKind,
+        job: &str,
+        trigger: Trigger,
+        at: DateTime<Utc>,
+    ) -> Result<i64> {
         self.conn
             .execute(
-                "INSERT INTO runs (job, trigger, started_at, outcome) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO runs (kind, job, trigger, started_at, outcome) \
+                 VALUES (?5, ?1, ?2, ?3, ?4)",
                 params![
                     job,
                     trigger.as_str(),
                     time(at),
-                    RunOutcome::Running.as_str()
+                    RunOutcome::Running.as_str(),
+                    kind.as_str()
                 ],
             )
             .map_err(|e| self.wrap(e))?;
@@ -299,7 +366,7 @@ impl Store {
         self.conn
             .execute(
                 "UPDATE runs SET finished_at = ?2, outcome = ?3, bytes_read = ?4, \
-                 bytes_added = ?5, snapshot = ?6, error = ?7 WHERE id = ?1",
+                 bytes_added = ?5, snapshot = ?6, error = ?7, report = ?8 WHERE id = ?1",
                 params![
                     id,
                     time(at),
@@ -308,6 +375,7 @@ impl Store {
                     result.bytes_added.map(|b| b as i64),
                     result.snapshot,
                     result.error,
+                    result.report.as_ref().map(|r| r.to_string()),
                 ],
             )
             .map_err(|e| self.wrap(e))?;
@@ -328,52 +396,94 @@ impl Store {
             .map_err(|e| self.wrap(e))
     }
 
-    /// Runs, newest first: all of them, or `job`'s; at most `limit`.
+    /// Runs of every kind, newest first: all of them, or `job`'s; at most `limit`.
     pub fn runs(&self, job: Option<&str>, limit: usize) -> Result<Vec<RunRecord>> {
+        self.select(None, job, limit)
+    }
+
+    /// Runs of `kind` for `job`, newest first; at most `limit`.
+    pub fn runs_of(&self, kind: RunKind, job: &str, limit: usize) -> Result<Vec<RunRecord>> {
+        self.select(Some(kind), Some(job), limit)
+    }
+
+    fn select(
+        &self,
+        kind: Option<RunKind>,
+        job: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>> {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT id, job, trigger, started_at, finished_at, outcome, bytes_read, \
-                 bytes_added, snapshot, error FROM runs WHERE (?1 IS NULL OR job = ?1) \
+                "SELECT id, kind, job, trigger, started_at, finished_at, outcome, bytes_read, \
+                 bytes_added, snapshot, error, report FROM runs \
+                 WHERE (?1 IS NULL OR job = ?1) AND (?3 IS NULL OR kind = ?3) \
                  ORDER BY started_at DESC, id DESC LIMIT ?2",
             )
             .map_err(|e| self.wrap(e))?;
         let rows = stmt
-            .query_map(params![job, limit as i64], |row| {
-                Ok(RunRecord {
-                    id: row.get(0)?,
-                    job: row.get(1)?,
-                    trigger: Trigger::parse(&row.get::<_, String>(2)?),
-                    started_at: parse_time(&row.get::<_, String>(3)?),
-                    finished_at: row.get::<_, Option<String>>(4)?.map(|t| parse_time(&t)),
-                    outcome: RunOutcome::parse(&row.get::<_, String>(5)?),
-                    bytes_read: row.get::<_, Option<i64>>(6)?.map(|b| b as u64),
-                    bytes_added: row.get::<_, Option<i64>>(7)?.map(|b| b as u64),
-                    snapshot: row.get(8)?,
-                    error: row.get(9)?,
-                })
+            .query_map(
+                params![job, limit as i64, kind.map(RunKind::as_str)],
+                |row| {
+                    Ok(RunRecord {
+                        id: row.get(0)?,
+                        kind: RunKind::parse(&row.get::<_, String>(1)?),
+                        job: row.get(2)?,
+                        trigger: Trigger::parse(&row.get::<_, String>(3)?),
+                        started_at: parse_time(&row.get::<_, String>(4)?),
+                        finished_at: row.get::<_, Option<String>>(5)?.map(|t| parse_time(&t)),
+                        outcome: RunOutcome::parse(&row.get::<_, String>(6)?),
+                        bytes_read: row.get::<_, Option<i64>>(7)?.map(|b| b as u64),
+                        bytes_added: row.get::<_, Option<i64>>(8)?.map(|b| b as u64),
+                        snapshot: row.get(9)?,
+                        error: row.get(10)?,
+                        report: row
+                            .get::<_, Option<String>>(11)?
+                            .and_then(|text| serde_json::from_str(&text).ok()),
+                    })
+                },
+            )
+            .map_err(|e| self.wrap(e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.wrap(e))
+    }
+
+    /// The newest backup of `job` that saved a snapshot.
+    pub fn last_success(&self, job: &str) -> Result<Option<RunRecord>> {
+        let runs = self.runs_of(RunKind::Backup, job, usize::MAX >> 1)?;
+        Ok(runs.into_iter().find(|run| run.outcome.saved_snapshot()))
+    }
+
+    /// The newest backup of `job`, whatever its outcome.
+    pub fn last_run(&self, job: &str) -> Result<Option<RunRecord>> {
+        self.last_of(RunKind::Backup, job)
+    }
+
+    /// The newest run of `kind` for `job`, whatever its outcome.
+    pub fn last_of(&self, kind: RunKind, job: &str) -> Result<Option<RunRecord>> {
+        Ok(self.runs_of(kind, job, 1)?.into_iter().next())
+    }
+
+    /// Every (kind, job) of the tasks that have runs: prune, verify, restore-test.
+    pub fn tasks(&self) -> Result<Vec<(RunKind, String)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT DISTINCT kind, job FROM runs WHERE kind != 'backup' ORDER BY 1, 2")
+            .map_err(|e| self.wrap(e))?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok((RunKind::parse(&row.get::<_, String>(0)?), row.get(1)?))
             })
             .map_err(|e| self.wrap(e))?;
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.wrap(e))
     }
 
-    /// The newest run of `job` that saved a snapshot.
-    pub fn last_success(&self, job: &str) -> Result<Option<RunRecord>> {
-        let runs = self.runs(Some(job), usize::MAX >> 1)?;
-        Ok(runs.into_iter().find(|run| run.outcome.saved_snapshot()))
-    }
-
-    /// The newest run of `job`, whatever its outcome.
-    pub fn last_run(&self, job: &str) -> Result<Option<RunRecord>> {
-        Ok(self.runs(Some(job), 1)?.into_iter().next())
-    }
-
-    /// Every job that has runs.
+    /// Every job that has backup runs.
     pub fn jobs(&self) -> Result<Vec<String>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT DISTINCT job FROM runs ORDER BY job")
+            .prepare("SELECT DISTINCT job FROM runs WHERE kind = 'backup' ORDER BY job")
             .map_err(|e| self.wrap(e))?;
         let rows = stmt
             .query_map([], |row| row.get(0))
@@ -504,7 +614,7 @@ mod tests {
                     bytes_read: Some(10),
                     bytes_added: Some(4),
                     snapshot: Some("abc".into()),
-                    error: None,
+                    ..RunResult::default()
                 },
             )
             .unwrap();
@@ -547,6 +657,59 @@ mod tests {
             Store::open(&fresh).unwrap().schema_version().unwrap(),
             SCHEMA_VERSION
         );
+    }
+
+    #[test]
+    fn tasks_are_runs_of_their_own_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        // A version-1 file with one backup: it becomes a backup run of version 2.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO runs (job, trigger, started_at, finished_at, outcome) \
+             VALUES ('db', 'schedule', ?1, ?1, 'success')",
+            params![time(at(0))],
+        )
+        .unwrap();
+        drop(conn);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.runs(None, 10).unwrap()[0].kind, RunKind::Backup);
+
+        let verify = store
+            .start(RunKind::Verify, "db", Trigger::Schedule, at(10))
+            .unwrap();
+        let report = serde_json::json!({"passed": false, "errors": ["pack 1234 is damaged"]});
+        store
+            .finish_run(
+                verify,
+                at(20),
+                RunOutcome::Failed,
+                &RunResult {
+                    error: Some("pack 1234 is damaged".into()),
+                    report: Some(report.clone()),
+                    ..RunResult::default()
+                },
+            )
+            .unwrap();
+        store
+            .start(RunKind::Prune, "", Trigger::Command, at(30))
+            .unwrap();
+        // Tasks never count as backups.
+        assert_eq!(store.last_run("db").unwrap().unwrap().kind, RunKind::Backup);
+        assert_eq!(store.jobs().unwrap(), vec!["db".to_string()]);
+        let last = store.last_of(RunKind::Verify, "db").unwrap().unwrap();
+        assert_eq!(last.report, Some(report));
+        assert_eq!(last.outcome, RunOutcome::Failed);
+        assert_eq!(
+            store.tasks().unwrap(),
+            vec![
+                (RunKind::Prune, String::new()),
+                (RunKind::Verify, "db".into())
+            ]
+        );
+        assert_eq!(store.runs(Some("db"), 10).unwrap().len(), 2);
     }
 
     #[test]

@@ -277,6 +277,9 @@ impl KeepArgs {
 
 #[derive(Debug, Args)]
 pub struct PruneArgs {
+    /// Prune this job's repository instead of the default one.
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
     /// Show what would be marked, repacked and deleted; change nothing.
     #[arg(long)]
     pub dry_run: bool,

@@ -10,6 +10,7 @@ use palisade_backup::{
     Password, PruneReport, PruneRequest, ReadData, Repo, RestoreRequest, RetentionPolicy,
     SourceSpec,
 };
+use palisade_events::RunKind;
 use rustic_core::ProgressBars;
 use serde::Serialize;
 
@@ -79,6 +80,7 @@ fn check_config(global: &Global) -> Result<Outcome> {
         repository: Option<&'a str>,
         jobs: Vec<&'a str>,
         jobs_with_retention: Vec<&'a str>,
+        tasks: Vec<String>,
         bucket_section: bool,
     }
     let summary = Summary {
@@ -92,17 +94,19 @@ fn check_config(global: &Global) -> Result<Outcome> {
             .filter(|job| job.policy.is_some())
             .map(|job| job.name.as_str())
             .collect(),
+        tasks: config.tasks.iter().map(|task| task.name()).collect(),
         bucket_section: config.bucket.is_some(),
     };
     if global.json {
         print_json(&summary)?;
     } else if !global.quiet {
         println!(
-            "{} is valid: repository {}, {} job(s) ({} with retention){}",
+            "{} is valid: repository {}, {} job(s) ({} with retention), {} task(s){}",
             summary.config,
             summary.repository.unwrap_or("(none)"),
             summary.jobs.len(),
             summary.jobs_with_retention.len(),
+            summary.tasks.len(),
             if summary.bucket_section {
                 ", [bucket] settings"
             } else {
@@ -171,9 +175,14 @@ impl Session {
     }
 
     pub(crate) fn open(&self) -> Result<Repo> {
+        self.open_for(None)
+    }
+
+    /// The repository of `job` (its own, or the default one).
+    pub(crate) fn open_for(&self, job: Option<&Job>) -> Result<Repo> {
         Ok(Repo::open(
-            self.location(None)?,
-            self.password(None)?,
+            self.location(job.and_then(|j| j.repository.as_deref()))?,
+            self.password(job.and_then(|j| j.password_file.as_ref()))?,
             self.bars.clone(),
         )?)
     }
@@ -247,7 +256,17 @@ impl Session {
         let mut reports = Vec::new();
         let mut failures = Vec::new();
         let recorder = crate::state::Recorder::new(self);
+        let mut busy = Vec::new();
         for job in &jobs {
+            let Ok(_lock) = crate::state::JobLock::take(&self.config, &job.name) else {
+                eprintln!(
+                    "palisade: job {}: already running (the daemon or another `palisade \
+                     backup` is backing it up); skipped",
+                    job.name
+                );
+                busy.push(job.name.clone());
+                continue;
+            };
             let run = recorder.start(&job.name);
             let outcome = (|| -> Result<BackupReport> {
                 let repo = Repo::open(
@@ -277,6 +296,10 @@ impl Session {
             }
         }
         let outcome = self.report_backups(&reports)?;
+        if self.global.daemon_child && !busy.is_empty() && failures.is_empty() {
+            return Ok(Outcome::Busy);
+        }
+        failures.extend(busy);
         if !failures.is_empty() {
             bail!(
                 "{} of {} job(s) failed: {}",
@@ -707,15 +730,28 @@ impl Session {
     }
 
     fn prune(&self, args: &PruneArgs) -> Result<Outcome> {
-        let request = PruneRequest {
-            dry_run: args.dry_run,
-            keep_delete: args
-                .danger_keep_delete
-                .unwrap_or(palisade_backup::KEEP_DELETE),
-            forgotten: Vec::new(),
-        };
-        let report = palisade_backup::prune(&self.open()?, &request)?;
-        self.print(&report, |r| prune_text(r).join("\n"))
+        let recorder = crate::state::Recorder::new(self);
+        // A dry run changes nothing, and is not a run to remember.
+        let run = (!args.dry_run)
+            .then(|| recorder.start_task(RunKind::Prune, args.job.as_deref().unwrap_or("")))
+            .flatten();
+        let report = (|| -> Result<PruneReport> {
+            let job = args
+                .job
+                .as_deref()
+                .map(|n| self.config.job(n))
+                .transpose()?;
+            let request = PruneRequest {
+                dry_run: args.dry_run,
+                keep_delete: args
+                    .danger_keep_delete
+                    .unwrap_or(palisade_backup::KEEP_DELETE),
+                forgotten: Vec::new(),
+            };
+            Ok(palisade_backup::prune(&self.open_for(job)?, &request)?)
+        })();
+        recorder.finish_task(run, &report, |_| None, |_| None);
+        self.print(&report?, |r| prune_text(r).join("\n"))
     }
 
     fn stats(&self) -> Result<Outcome> {

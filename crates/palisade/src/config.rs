@@ -40,6 +40,9 @@ pub struct Config {
     /// Alert channels.
     #[serde(default)]
     pub alerts: Vec<crate::alerting::AlertConfig>,
+    /// Maintenance the daemon runs on its own schedules: prune, verify, restore-test.
+    #[serde(default)]
+    pub tasks: Vec<crate::tasks::TaskConfig>,
 }
 
 /// The `[repository]` table (a plain string is read as its `location`).
@@ -452,6 +455,7 @@ impl Config {
             }
         }
         crate::schedule::validate(self, text)?;
+        crate::tasks::validate(self, text)?;
         crate::alerting::validate(self, text)?;
         Ok(())
     }

@@ -1,5 +1,5 @@
 //! The `palisade` binary: parses the command line, runs the command, maps the outcome to an exit
-//! code (0 ok, 1 failed, 2 bad usage, 3 partial).
+//! code (0 ok, 1 failed, 2 bad usage, 3 partial, 75 busy).
 
 mod alerting;
 mod bucket;
@@ -14,6 +14,7 @@ mod quickstart;
 mod schedule;
 mod scratch;
 mod state;
+mod tasks;
 
 use std::process::ExitCode;
 
@@ -29,7 +30,13 @@ pub enum Outcome {
     /// The command ran and printed its report, and the report is a failure (a bucket that
     /// drifted from its settings, say).
     Failed,
+    /// The daemon's backup did not run: the job was already running elsewhere (exit 75,
+    /// sysexits' "try again later").
+    Busy,
 }
+
+/// The exit code of [`Outcome::Busy`].
+pub const EXIT_BUSY: u8 = 75;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
@@ -44,6 +51,7 @@ fn main() -> ExitCode {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::Partial) => ExitCode::from(3),
         Ok(Outcome::Failed) => ExitCode::FAILURE,
+        Ok(Outcome::Busy) => ExitCode::from(EXIT_BUSY),
         Err(err) => {
             eprintln!("palisade: {}", render(&err));
             fatal

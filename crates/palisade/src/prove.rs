@@ -13,6 +13,8 @@ use palisade_backup::{
 };
 use rustic_core::jiff::Timestamp;
 
+use palisade_events::RunKind;
+
 use crate::{Outcome, commands::Session, config::Job};
 
 /// What `--job` takes to run only the point-in-time recovery test.
@@ -38,7 +40,7 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "PERCENT", value_parser = parse_percent, conflicts_with = "max_duration")]
     pub read_data_subset: Option<u32>,
     /// Read parts (of 28) until this much time has passed, at least one (as 30m, 2h).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::schedule::parse_duration)]
     pub max_duration: Option<std::time::Duration>,
 }
 
@@ -58,12 +60,6 @@ fn parse_percent(text: &str) -> Result<u32, String> {
     }
 }
 
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let bad = || "not a duration; give hours or minutes, like 2h or 30m".to_string();
-    let duration: rustic_core::jiff::SignedDuration = text.trim().parse().map_err(|_| bad())?;
-    std::time::Duration::try_from(duration).map_err(|_| bad())
-}
-
 /// One test to run: which repository, which snapshot, with the job's settings.
 struct Planned {
     name: String,
@@ -72,8 +68,27 @@ struct Planned {
     job: Option<Job>,
 }
 
-/// Runs the restore tests and prints the report; exit 1 with the first failure in one line.
+/// Runs the restore tests, records the run and prints the report; exit 1 with the first
+/// failure in one line.
 pub fn restore_test(ctx: &Session, args: &RestoreTestArgs) -> Result<Outcome> {
+    let recorder = crate::state::Recorder::new(ctx);
+    let run = recorder.start_task(RunKind::RestoreTest, args.job.as_deref().unwrap_or(""));
+    let report = run_restore_tests(ctx, args);
+    recorder.finish_task(
+        run,
+        &report,
+        |r: &RestoreTestReport| r.failure.clone(),
+        |r| Some(r.tests.iter().map(|t| t.bytes_restored).sum()),
+    );
+    let report = report?;
+    ctx.print(&report, report_text)?;
+    if let Some(failure) = &report.failure {
+        bail!("restore test failed: {failure}");
+    }
+    Ok(Outcome::Done)
+}
+
+fn run_restore_tests(ctx: &Session, args: &RestoreTestArgs) -> Result<RestoreTestReport> {
     let started = Timestamp::now();
     let clock = std::time::Instant::now();
     let (planned, pitr) = plan(ctx, args)?;
@@ -96,12 +111,11 @@ pub fn restore_test(ctx: &Session, args: &RestoreTestArgs) -> Result<Outcome> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     drop(scratch);
-    let report = RestoreTestReport::new(started, clock.elapsed().as_secs_f64(), tests);
-    ctx.print(&report, report_text)?;
-    if let Some(failure) = &report.failure {
-        bail!("restore test failed: {failure}");
-    }
-    Ok(Outcome::Done)
+    Ok(RestoreTestReport::new(
+        started,
+        clock.elapsed().as_secs_f64(),
+        tests,
+    ))
 }
 
 /// This run's scratch directory, which the private servers' accounts may pass through (mode
@@ -190,11 +204,7 @@ fn plan(
     for job in jobs {
         let repo = match (&job.repository, &job.password_file) {
             (None, None) => default.clone(),
-            _ => std::rc::Rc::new(Repo::open(
-                ctx.location(job.repository.as_deref())?,
-                ctx.password(job.password_file.as_ref())?,
-                ctx.bars.clone(),
-            )?),
+            _ => std::rc::Rc::new(ctx.open_for(Some(job))?),
         };
         let target = prove::targets(&repo, std::slice::from_ref(&job.name))?;
         planned.push(Planned {
@@ -258,13 +268,30 @@ fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
 }
 
-/// Runs `verify` and prints its report; exit 1 when anything was found.
+/// Runs `verify`, records the run and prints its report; exit 1 when anything was found.
 pub fn verify(ctx: &Session, args: &VerifyArgs) -> Result<Outcome> {
-    if let Some(job) = &args.job
-        && !ctx.config.jobs.is_empty()
-    {
-        ctx.config.job(job)?;
+    let recorder = crate::state::Recorder::new(ctx);
+    let run = recorder.start_task(RunKind::Verify, args.job.as_deref().unwrap_or(""));
+    let report = run_verify(ctx, args);
+    recorder.finish_task(
+        run,
+        &report,
+        |r: &prove::VerifyReport| r.failure.clone(),
+        |r| Some(r.bytes),
+    );
+    let report = report?;
+    ctx.print(&report, verify_text)?;
+    if let Some(failure) = &report.failure {
+        bail!("verify failed: {failure}");
     }
+    Ok(Outcome::Done)
+}
+
+fn run_verify(ctx: &Session, args: &VerifyArgs) -> Result<prove::VerifyReport> {
+    let job = match &args.job {
+        Some(name) if !ctx.config.jobs.is_empty() => Some(ctx.config.job(name)?),
+        _ => None,
+    };
     let amount = match (args.read_data_subset, args.max_duration) {
         (_, Some(limit)) => prove::VerifyAmount::Duration(limit),
         (Some(of), None) => prove::VerifyAmount::Parts { of },
@@ -275,20 +302,15 @@ pub fn verify(ctx: &Session, args: &VerifyArgs) -> Result<Outcome> {
     let Some(state_dir) = state_dir(ctx) else {
         bail!("no state directory: set `state_dir` in the config (or HOME or XDG_STATE_HOME)");
     };
-    let repo = ctx.open()?;
-    let report = prove::verify(
+    let repo = ctx.open_for(job)?;
+    Ok(prove::verify(
         &repo,
         &prove::VerifyRequest {
             amount,
             label: args.job.clone(),
             state_dir,
         },
-    )?;
-    ctx.print(&report, verify_text)?;
-    if let Some(failure) = &report.failure {
-        bail!("verify failed: {failure}");
-    }
-    Ok(Outcome::Done)
+    )?)
 }
 
 fn verify_text(report: &prove::VerifyReport) -> String {

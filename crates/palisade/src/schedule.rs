@@ -223,19 +223,23 @@ pub struct ScheduleArgs {
     pub count: usize,
 }
 
-/// `palisade schedule`: each job's next runs.
+/// `palisade schedule`: each job's and each task's next runs.
 pub fn show(session: &Session, args: &ScheduleArgs) -> Result<Outcome> {
     #[derive(Serialize)]
     struct Planned {
-        job: String,
+        /// The job, for a job's backups.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        job: Option<String>,
+        /// The task's name, for a `[[tasks]]` entry.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        task: Option<String>,
         cron: Option<String>,
         timezone: Option<String>,
         next: Vec<String>,
     }
     let now = crate::daemon::clock().now();
-    let mut planned = Vec::new();
-    for job in &session.config.jobs {
-        let (cron, timezone, next) = match &job.schedule {
+    let plan = |config: Option<&ScheduleConfig>| -> Result<_> {
+        Ok(match config {
             Some(config) => {
                 let schedule = Schedule::parse(config).map_err(anyhow::Error::msg)?;
                 (
@@ -245,9 +249,24 @@ pub fn show(session: &Session, args: &ScheduleArgs) -> Result<Outcome> {
                 )
             }
             None => (None, None, Vec::new()),
-        };
+        })
+    };
+    let mut planned = Vec::new();
+    for job in &session.config.jobs {
+        let (cron, timezone, next) = plan(job.schedule.as_ref())?;
         planned.push(Planned {
-            job: job.name.clone(),
+            job: Some(job.name.clone()),
+            task: None,
+            cron,
+            timezone,
+            next,
+        });
+    }
+    for task in &session.config.tasks {
+        let (cron, timezone, next) = plan(Some(&task.schedule))?;
+        planned.push(Planned {
+            job: None,
+            task: Some(task.name()),
             cron,
             timezone,
             next,
@@ -255,23 +274,26 @@ pub fn show(session: &Session, args: &ScheduleArgs) -> Result<Outcome> {
     }
     session.list(&planned, |planned| {
         let mut out = String::new();
-        for job in planned {
-            match &job.cron {
-                None => out.push_str(&format!("{}: not scheduled (no `schedule`)\n", job.job)),
+        for entry in planned {
+            let name = match (&entry.job, &entry.task) {
+                (Some(job), _) => job.clone(),
+                (None, task) => format!("task {}", task.as_deref().unwrap_or("")),
+            };
+            match &entry.cron {
+                None => out.push_str(&format!("{name}: not scheduled (no `schedule`)\n")),
                 Some(cron) => {
                     out.push_str(&format!(
-                        "{}: {cron} ({})\n",
-                        job.job,
-                        job.timezone.as_deref().unwrap_or("local")
+                        "{name}: {cron} ({})\n",
+                        entry.timezone.as_deref().unwrap_or("local")
                     ));
-                    for next in &job.next {
+                    for next in &entry.next {
                         out.push_str(&format!("  {next}\n"));
                     }
                 }
             }
         }
         if planned.is_empty() {
-            out.push_str("no jobs in the config");
+            out.push_str("no jobs or tasks in the config");
         }
         out.trim_end().to_string()
     })

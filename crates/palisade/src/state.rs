@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use bytesize::ByteSize;
 use palisade_backup::BackupReport;
-use palisade_events::{RunOutcome, RunResult, Store, Trigger};
+use palisade_events::{RunKind, RunOutcome, RunResult, Store, Trigger};
 
 use crate::{Outcome, commands::Session, config::Config};
 
@@ -40,8 +40,8 @@ pub fn open(config: &Config) -> Result<Store> {
     Ok(Store::open_dir(&dir)?)
 }
 
-/// Records `palisade backup`'s job runs; a store that cannot be used is a warning, never a
-/// failed backup.
+/// Records the runs of `palisade backup`, `prune`, `verify` and `restore-test` started by
+/// hand; a store that cannot be used is a warning, never a failed command.
 pub struct Recorder {
     store: Option<Store>,
 }
@@ -63,13 +63,60 @@ impl Recorder {
         Self { store }
     }
 
-    /// Records that `job` started; gives the run's id.
+    /// Records that a backup of `job` started; gives the run's id.
     pub fn start(&self, job: &str) -> Option<i64> {
+        self.start_task(RunKind::Backup, job)
+    }
+
+    /// Records that a run of `kind` about `job` (empty: every job) started.
+    pub fn start_task(&self, kind: RunKind, job: &str) -> Option<i64> {
         let store = self.store.as_ref()?;
         store
-            .start_run(job, Trigger::Command, chrono::Utc::now())
+            .start(kind, job, Trigger::Command, chrono::Utc::now())
             .map_err(|err| log::warn!("cannot record the run: {err}"))
             .ok()
+    }
+
+    /// Records how a task ended: its report (as JSON, with what it found), or the error that
+    /// stopped it before it had one. `failure` tells whether a report is a failure, and why.
+    pub fn finish_task<T: serde::Serialize>(
+        &self,
+        id: Option<i64>,
+        outcome: &Result<T>,
+        failure: impl Fn(&T) -> Option<String>,
+        bytes: impl Fn(&T) -> Option<u64>,
+    ) {
+        let (Some(store), Some(id)) = (&self.store, id) else {
+            return;
+        };
+        let (state, result) = match outcome {
+            Ok(report) => {
+                let error = failure(report);
+                (
+                    if error.is_some() {
+                        RunOutcome::Failed
+                    } else {
+                        RunOutcome::Success
+                    },
+                    RunResult {
+                        bytes_read: bytes(report),
+                        error,
+                        report: serde_json::to_value(report).ok(),
+                        ..RunResult::default()
+                    },
+                )
+            }
+            Err(err) => (
+                RunOutcome::Failed,
+                RunResult {
+                    error: Some(crate::render(err)),
+                    ..RunResult::default()
+                },
+            ),
+        };
+        if let Err(err) = store.finish_run(id, chrono::Utc::now(), state, &result) {
+            log::warn!("cannot record the run: {err}");
+        }
     }
 
     /// Records how the run ended.
@@ -88,7 +135,7 @@ impl Recorder {
                     bytes_read: Some(report.bytes_read),
                     bytes_added: Some(report.bytes_added),
                     snapshot: Some(report.snapshot.clone()),
-                    error: None,
+                    ..RunResult::default()
                 },
             ),
             Err(err) => (
@@ -101,6 +148,59 @@ impl Recorder {
         };
         if let Err(err) = store.finish_run(id, chrono::Utc::now(), state, &result) {
             log::warn!("cannot record the run: {err}");
+        }
+    }
+}
+
+/// A job's run lock, held while one process backs the job up, so that a backup by hand and
+/// the daemon's (or two by hand) never run one job at once. It is an advisory lock on
+/// `locks/job-HEX.lock` in the state directory, released by the kernel when its holder
+/// exits, however it exits.
+#[derive(Debug)]
+pub struct JobLock {
+    _file: std::fs::File,
+}
+
+/// A job's lock is held by another process.
+#[derive(Debug)]
+pub struct Busy;
+
+impl JobLock {
+    /// Takes `job`'s lock without waiting. Without a usable state directory there is nothing
+    /// to lock in: the backup goes on unlocked, with a warning.
+    pub fn take(config: &Config, job: &str) -> std::result::Result<Option<Self>, Busy> {
+        let Some(dir) = state_dir(config) else {
+            return Ok(None);
+        };
+        let dir = dir.join("locks");
+        let path = dir.join(format!("job-{}.lock", hex::encode(job)));
+        let file = std::fs::create_dir_all(&dir).and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+        });
+        let file = match file {
+            Ok(file) => file,
+            Err(err) => {
+                log::warn!(
+                    "job {job}: cannot take its run lock {}: {err}; running unlocked",
+                    path.display()
+                );
+                return Ok(None);
+            }
+        };
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Self { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Busy),
+            Err(std::fs::TryLockError::Error(err)) => {
+                log::warn!(
+                    "job {job}: cannot take its run lock {}: {err}; running unlocked",
+                    path.display()
+                );
+                Ok(None)
+            }
         }
     }
 }
@@ -122,8 +222,8 @@ pub fn show(session: &Session, args: &RunsArgs) -> Result<Outcome> {
     let runs = store.runs(args.job.as_deref(), args.limit)?;
     session.list(&runs, |runs| {
         let mut out = format!(
-            "{:>5}  {:<12}  {:<9}  {:<19}  {:>8}  {:<9}  {:>10}  {:<8}  error\n",
-            "id", "job", "trigger", "started (UTC)", "took", "outcome", "added", "snapshot"
+            "{:>5}  {:<12}  {:<12}  {:<9}  {:<19}  {:>8}  {:<9}  {:>10}  {:<8}  error\n",
+            "id", "kind", "job", "trigger", "started (UTC)", "took", "outcome", "added", "snapshot"
         );
         for run in runs {
             let took = run
@@ -137,9 +237,14 @@ pub fn show(session: &Session, args: &RunsArgs) -> Result<Outcome> {
                 .unwrap_or_default();
             let trigger = serde_json::to_value(run.trigger).unwrap_or_default();
             out.push_str(&format!(
-                "{:>5}  {:<12}  {:<9}  {:<19}  {:>8}  {:<9}  {:>10}  {:<8}  {}\n",
+                "{:>5}  {:<12}  {:<12}  {:<9}  {:<19}  {:>8}  {:<9}  {:>10}  {:<8}  {}\n",
                 run.id,
-                run.job,
+                run.kind.as_str(),
+                if run.job.is_empty() {
+                    "(all)"
+                } else {
+                    &run.job
+                },
                 trigger.as_str().unwrap_or(""),
                 run.started_at.format("%Y-%m-%d %H:%M:%S"),
                 took,

@@ -14,8 +14,8 @@ use std::{
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use palisade_events::{
-    Alerts, Clock, Dispatcher, FileClock, Notice, Problem, Rule, RunOutcome, RunPhase, RunResult,
-    Store, SystemClock, Trigger, metrics::MetricsServer,
+    Alerts, Clock, Dispatcher, FileClock, Notice, Problem, Rule, RunKind, RunOutcome, RunPhase,
+    RunResult, Store, SystemClock, Trigger, metrics::MetricsServer,
 };
 use serde::Deserialize;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -26,6 +26,7 @@ use crate::{
     cli::Global,
     config::{Config, Job},
     schedule::Schedule,
+    tasks::TaskConfig,
 };
 
 /// The metrics endpoint's default address.
@@ -74,6 +75,29 @@ pub(crate) fn after_backup(job: &Job) -> Option<Vec<String>> {
         .map(|_| vec!["forget".into(), "--job".into(), job.name.clone()])
 }
 
+/// What the daemon schedules: a job's backups, or a `[[tasks]]` entry (by its kind and job).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Unit {
+    Job(String),
+    Task(RunKind, String),
+}
+
+impl Unit {
+    fn of_task(task: &TaskConfig) -> Self {
+        Self::Task(task.run.kind(), task.job_column().to_string())
+    }
+}
+
+impl std::fmt::Display for Unit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Job(name) => write!(f, "job {name}"),
+            Self::Task(kind, job) if job.is_empty() => write!(f, "task {}", kind.as_str()),
+            Self::Task(kind, job) => write!(f, "task {} of {job}", kind.as_str()),
+        }
+    }
+}
+
 /// What a child process is for.
 #[derive(Debug)]
 enum Task {
@@ -87,13 +111,21 @@ enum Task {
     Probe { location: String },
     /// The retention step after a backup ([`after_backup`]).
     Retention { job: String },
+    /// A `[[tasks]]` entry, recorded as run `run`.
+    Maintenance {
+        task: Box<TaskConfig>,
+        run: i64,
+        location: String,
+    },
 }
 
 impl Task {
-    fn job(&self) -> Option<&str> {
+    /// What it keeps busy: a job's backup and its retention keep the job busy, a task itself.
+    fn unit(&self) -> Option<Unit> {
         match self {
-            Self::Backup { job, .. } => Some(&job.name),
-            Self::Retention { job } => Some(job),
+            Self::Backup { job, .. } => Some(Unit::Job(job.name.clone())),
+            Self::Retention { job } => Some(Unit::Job(job.clone())),
+            Self::Maintenance { task, .. } => Some(Unit::of_task(task)),
             Self::Probe { .. } => None,
         }
     }
@@ -152,8 +184,9 @@ pub fn run(global: &Global) -> Result<Outcome> {
     };
     daemon.plan(true);
     log::info!(
-        "palisade daemon: {} job(s) scheduled, state in {}",
-        daemon.schedules.len(),
+        "palisade daemon: {} job(s) and {} task(s) scheduled, state in {}",
+        daemon.schedules.len() - daemon.config.tasks.len(),
+        daemon.config.tasks.len(),
         state_dir.display()
     );
     loop {
@@ -188,8 +221,8 @@ struct Daemon<'a> {
     store: Store,
     config: Config,
     text: String,
-    schedules: BTreeMap<String, (crate::schedule::ScheduleConfig, Schedule)>,
-    next: BTreeMap<String, DateTime<Utc>>,
+    schedules: BTreeMap<Unit, (crate::schedule::ScheduleConfig, Schedule)>,
+    next: BTreeMap<Unit, DateTime<Utc>>,
     running: Vec<Running<Task>>,
     dispatcher: Dispatcher,
     metrics: Option<MetricsServer>,
@@ -199,8 +232,8 @@ struct Daemon<'a> {
 }
 
 impl Daemon<'_> {
-    /// Parses every job's schedule and plans its next run; at start-up, runs once each job
-    /// whose slot passed since its last recorded run (unless `catch_up = false`).
+    /// Parses every job's and task's schedule and plans its next run; at start-up, runs once
+    /// each whose slot passed since its last recorded run (unless `catch_up = false`).
     fn plan(&mut self, at_start: bool) {
         let now = self.clock.now();
         let old = std::mem::take(&mut self.schedules);
@@ -210,40 +243,42 @@ impl Daemon<'_> {
             .as_ref()
             .and_then(|d| d.catch_up)
             .unwrap_or(true);
-        for job in self.config.jobs.clone() {
-            let Some(setting) = &job.schedule else {
-                continue;
-            };
-            let schedule = Schedule::parse(setting).expect("schedules were validated");
-            if let Err(err) = self.store.first_seen(&job.name, now) {
-                log::warn!("{err}");
+        let mut units: Vec<(Unit, crate::schedule::ScheduleConfig)> = Vec::new();
+        for job in &self.config.jobs {
+            if let Some(setting) = &job.schedule {
+                if let Err(err) = self.store.first_seen(&job.name, now) {
+                    log::warn!("{err}");
+                }
+                units.push((Unit::Job(job.name.clone()), setting.clone()));
             }
-            let unchanged = old
-                .get(&job.name)
-                .is_some_and(|(before, _)| before == setting);
+        }
+        for task in &self.config.tasks {
+            units.push((Unit::of_task(task), task.schedule.clone()));
+        }
+        for (unit, setting) in units {
+            let schedule = Schedule::parse(&setting).expect("schedules were validated");
+            let unchanged = old.get(&unit).is_some_and(|(before, _)| before == &setting);
             if !unchanged && let Some(next) = schedule.next_after(now) {
-                self.next
-                    .insert(job.name.clone(), next + jitter(schedule.jitter));
+                let at = next + jitter(schedule.jitter);
+                self.plan_next(&unit, at);
             }
-            let missed = self
-                .store
-                .last_run(&job.name)
+            let last = match &unit {
+                Unit::Job(name) => self.store.last_run(name),
+                Unit::Task(kind, job) => self.store.last_of(*kind, job),
+            };
+            let missed = last
                 .ok()
                 .flatten()
                 .and_then(|last| schedule.next_after(last.started_at))
                 .is_some_and(|slot| slot <= now);
-            self.schedules
-                .insert(job.name.clone(), (setting.clone(), schedule));
+            self.schedules.insert(unit.clone(), (setting, schedule));
             if at_start && catch_up && missed {
-                log::info!(
-                    "job {}: missed its slot while the daemon was down; running it now",
-                    job.name
-                );
-                self.start_backup(&job, Trigger::CatchUp, now);
+                log::info!("{unit}: missed its slot while the daemon was down; running it now");
+                self.start_unit(&unit, Trigger::CatchUp, now);
             }
         }
         self.next
-            .retain(|name, _| self.schedules.contains_key(name));
+            .retain(|unit, _| self.schedules.contains_key(unit));
     }
 
     /// One turn of the loop: collect finished children, stop overdue ones, start due jobs,
@@ -263,14 +298,14 @@ impl Daemon<'_> {
         if self.stopping {
             return;
         }
-        let due: Vec<String> = self
+        let due: Vec<Unit> = self
             .next
             .iter()
             .filter(|(_, at)| **at <= now)
-            .map(|(name, _)| name.clone())
+            .map(|(unit, _)| unit.clone())
             .collect();
-        for name in due {
-            self.start_due(&name, now);
+        for unit in due {
+            self.start_due(&unit, now);
         }
         if self
             .last_check
@@ -281,34 +316,58 @@ impl Daemon<'_> {
         }
     }
 
-    fn start_due(&mut self, name: &str, now: DateTime<Utc>) {
-        let Some((_, schedule)) = self.schedules.get(name) else {
+    fn start_due(&mut self, unit: &Unit, now: DateTime<Utc>) {
+        let Some((_, schedule)) = self.schedules.get(unit) else {
             return;
         };
         match schedule.next_after(now) {
-            Some(next) => self
-                .next
-                .insert(name.to_string(), next + jitter(schedule.jitter)),
-            None => self.next.remove(name),
-        };
+            Some(next) => {
+                let at = next + jitter(schedule.jitter);
+                self.plan_next(unit, at);
+            }
+            None => {
+                self.next.remove(unit);
+            }
+        }
         if self
             .running
             .iter()
-            .any(|child| child.task.job() == Some(name))
+            .any(|child| child.task.unit().as_ref() == Some(unit))
         {
-            log::warn!("job {name}: still running at its next slot; this slot is skipped");
+            log::warn!("{unit}: still running at its next slot; this slot is skipped");
             return;
         }
-        let Some(job) = self
-            .config
-            .jobs
-            .iter()
-            .find(|job| job.name == name)
-            .cloned()
-        else {
-            return;
-        };
-        self.start_backup(&job, Trigger::Schedule, now);
+        self.start_unit(unit, Trigger::Schedule, now);
+    }
+
+    /// Sets when `unit` runs next (its slot plus this slot's jitter).
+    fn plan_next(&mut self, unit: &Unit, at: DateTime<Utc>) {
+        log::info!(
+            "{unit}: next run at {}",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        );
+        self.next.insert(unit.clone(), at);
+    }
+
+    fn start_unit(&mut self, unit: &Unit, trigger: Trigger, now: DateTime<Utc>) {
+        match unit {
+            Unit::Job(name) => {
+                if let Some(job) = self.config.jobs.iter().find(|j| &j.name == name).cloned() {
+                    self.start_backup(&job, trigger, now);
+                }
+            }
+            Unit::Task(..) => {
+                if let Some(task) = self
+                    .config
+                    .tasks
+                    .iter()
+                    .find(|t| &Unit::of_task(t) == unit)
+                    .cloned()
+                {
+                    self.start_task(&task, trigger, now);
+                }
+            }
+        }
     }
 
     /// The repository location a job's backups go to, as the config (or `--repo`) names it.
@@ -317,6 +376,14 @@ impl Daemon<'_> {
             .repo
             .clone()
             .or_else(|| job.repository.clone())
+            .unwrap_or_else(|| self.default_location())
+    }
+
+    /// The default repository's location (`--repo`, else the config's).
+    fn default_location(&self) -> String {
+        self.global
+            .repo
+            .clone()
             .or_else(|| self.config.repository_location().map(str::to_string))
             .unwrap_or_default()
     }
@@ -348,7 +415,10 @@ impl Daemon<'_> {
                 return;
             }
         };
-        let timeout = self.schedules.get(&job.name).and_then(|(_, s)| s.timeout);
+        let timeout = self
+            .schedules
+            .get(&Unit::Job(job.name.clone()))
+            .and_then(|(_, s)| s.timeout);
         let deadline = timeout
             .and_then(|t| chrono::Duration::from_std(t).ok())
             .map(|t| now + t);
@@ -384,6 +454,118 @@ impl Daemon<'_> {
                         format!("job `{}` could not start: {error}", job.name),
                     ),
                 );
+            }
+        }
+    }
+
+    /// Starts a `[[tasks]]` entry as a child: `palisade --json prune|verify|restore-test ...`.
+    fn start_task(&mut self, task: &TaskConfig, trigger: Trigger, now: DateTime<Utc>) {
+        let name = task.name();
+        let run = match self
+            .store
+            .start(task.run.kind(), task.job_column(), trigger, now)
+        {
+            Ok(run) => run,
+            Err(err) => {
+                log::error!("task {name}: not started: {err}");
+                return;
+            }
+        };
+        let deadline = self
+            .schedules
+            .get(&Unit::of_task(task))
+            .and_then(|(_, s)| s.timeout)
+            .and_then(|t| chrono::Duration::from_std(t).ok())
+            .map(|t| now + t);
+        let location = match task.job.as_deref().map(|n| self.config.job(n)) {
+            Some(Ok(job)) => self.location(job),
+            _ => self.default_location(),
+        };
+        let mut command = self.command(true);
+        command.arg("--json").args(task.args());
+        let boxed = Box::new(task.clone());
+        let child = Task::Maintenance {
+            task: boxed,
+            run,
+            location,
+        };
+        match Running::spawn(command, &self.text, child, deadline) {
+            Ok(child) => {
+                log::info!("task {name}: started ({})", trigger_name(trigger));
+                self.running.push(child);
+            }
+            Err(err) => {
+                let error = crate::render(&err);
+                let result = RunResult {
+                    error: Some(error.clone()),
+                    ..RunResult::default()
+                };
+                self.record(run, now, RunOutcome::Failed, result);
+                let problem = task_problem(task, &self.default_location(), &error);
+                self.raise(now, &problem);
+            }
+        }
+    }
+
+    fn task_finished(
+        &mut self,
+        task: &TaskConfig,
+        run: i64,
+        location: &str,
+        done: &Finished<Task>,
+        now: DateTime<Utc>,
+    ) {
+        let name = task.name();
+        let report = serde_json::from_str::<serde_json::Value>(&done.stdout).ok();
+        let bytes = report.as_ref().and_then(|r| {
+            r["bytes"].as_u64().or_else(|| {
+                r["tests"].as_array().map(|tests| {
+                    tests
+                        .iter()
+                        .filter_map(|t| t["bytes_restored"].as_u64())
+                        .sum()
+                })
+            })
+        });
+        let ok = done.stopped.is_none() && done.status.code() == Some(0);
+        let error = match done.stopped {
+            Some(StopReason::Timeout) => Some("stopped by its timeout".to_string()),
+            Some(StopReason::Shutdown) => {
+                Some("abandoned: the daemon was stopped while it ran".to_string())
+            }
+            None if ok => None,
+            // The report's one-line reason, else what the child said last.
+            None => Some(
+                report
+                    .as_ref()
+                    .and_then(|r| r["failure"].as_str())
+                    .map(str::to_string)
+                    .unwrap_or_else(|| failure_text(&done.stderr, None)),
+            ),
+        };
+        let outcome = match done.stopped {
+            Some(StopReason::Timeout) => RunOutcome::Timeout,
+            Some(StopReason::Shutdown) => RunOutcome::Abandoned,
+            None if ok => RunOutcome::Success,
+            None => RunOutcome::Failed,
+        };
+        let result = RunResult {
+            bytes_read: bytes,
+            error: error.clone(),
+            report,
+            ..RunResult::default()
+        };
+        self.record(run, now, outcome, result);
+        let problem = task_problem(task, location, error.as_deref().unwrap_or(""));
+        match (outcome, error) {
+            (RunOutcome::Success, _) => {
+                log::info!("task {name}: done");
+                self.clear(now, problem.rule, &problem.subject);
+            }
+            (RunOutcome::Abandoned, _) => {}
+            (_, error) => {
+                log::error!("task {name}: {}", error.unwrap_or_default());
+                self.raise(now, &problem);
             }
         }
     }
@@ -431,6 +613,11 @@ impl Daemon<'_> {
                     );
                 }
             }
+            Task::Maintenance {
+                task,
+                run,
+                location,
+            } => self.task_finished(task, *run, location, &done, now),
             Task::Retention { job } => {
                 if ok {
                     log::info!("job {job}: retention applied");
@@ -467,7 +654,7 @@ impl Daemon<'_> {
             bytes_read: report["bytes_read"].as_u64(),
             bytes_added: report["bytes_added"].as_u64(),
             snapshot: report["snapshot"].as_str().map(str::to_string),
-            error: None,
+            ..RunResult::default()
         };
         let outcome = if done.status.code() == Some(3) {
             RunOutcome::Partial
@@ -514,7 +701,20 @@ impl Daemon<'_> {
         done: &Finished<Task>,
         now: DateTime<Utc>,
     ) {
-        let timeout = self.schedules.get(&job.name).and_then(|(_, s)| s.timeout);
+        if done.stopped.is_none() && done.status.code() == Some(i32::from(crate::EXIT_BUSY)) {
+            let error = "skipped: another run of the job (by hand, or another daemon) was going on";
+            log::warn!("job {}: {error}", job.name);
+            let result = RunResult {
+                error: Some(error.into()),
+                ..RunResult::default()
+            };
+            self.record(run, now, RunOutcome::Skipped, result);
+            return;
+        }
+        let timeout = self
+            .schedules
+            .get(&Unit::Job(job.name.clone()))
+            .and_then(|(_, s)| s.timeout);
         let (outcome, error) = match done.stopped {
             Some(StopReason::Timeout) => (
                 RunOutcome::Timeout,
@@ -586,7 +786,10 @@ impl Daemon<'_> {
         let (repeat, factor) = crate::alerting::settings(&self.config);
         let mut problems = Vec::new();
         let mut fine = Vec::new();
-        for (name, (_, schedule)) in &self.schedules {
+        for (unit, (_, schedule)) in &self.schedules {
+            let Unit::Job(name) = unit else {
+                continue;
+            };
             let allowance = schedule.interval(now).mul_f64(factor);
             let last = match self.store.last_success(name) {
                 Ok(Some(run)) => run.finished_at.unwrap_or(run.started_at),
@@ -624,13 +827,32 @@ impl Daemon<'_> {
         }
     }
 
-    /// Alerts about a job that left the config are closed without a message; a missed-backup
-    /// alert of a job that is no longer scheduled is resolved.
+    /// Alerts about a job or task that left the config are closed without a message; a
+    /// missed-backup alert of a job that is no longer scheduled is resolved.
     fn drop_stale_alerts(&self, now: DateTime<Utc>) {
         let Ok(open) = self.store.open_alerts() else {
             return;
         };
         for alert in open {
+            let task_rule = [Rule::VerifyFailed, Rule::RestoreTestFailed]
+                .into_iter()
+                .find(|rule| rule.as_str() == alert.rule);
+            if let Some(rule) = task_rule
+                && !self
+                    .config
+                    .tasks
+                    .iter()
+                    .any(|t| t.run.rule() == rule && t.job == alert.job)
+            {
+                log::info!(
+                    "its task left the config; the {} alert is closed",
+                    alert.key
+                );
+                if let Err(err) = self.store.remove_alert(&alert.key) {
+                    log::warn!("{err}");
+                }
+                continue;
+            }
             let Some(job) = &alert.job else {
                 continue;
             };
@@ -642,7 +864,8 @@ impl Daemon<'_> {
                 if let Err(err) = self.store.remove_alert(&alert.key) {
                     log::warn!("{err}");
                 }
-            } else if alert.rule == Rule::MissedBackup.as_str() && !self.schedules.contains_key(job)
+            } else if alert.rule == Rule::MissedBackup.as_str()
+                && !self.schedules.contains_key(&Unit::Job(job.clone()))
             {
                 self.clear(now, Rule::MissedBackup, job);
             }
@@ -706,9 +929,10 @@ impl Daemon<'_> {
             metrics.set_jobs(job_names(&self.config));
         }
         log::info!(
-            "config reloaded: {} job(s), {} scheduled, {} alert channel(s)",
+            "config reloaded: {} job(s), {} scheduled, {} task(s), {} alert channel(s)",
             self.config.jobs.len(),
-            self.schedules.len(),
+            self.schedules.len() - self.config.tasks.len(),
+            self.config.tasks.len(),
             self.config.alerts.len()
         );
     }
@@ -762,6 +986,23 @@ fn describe(task: &Task) -> String {
         Task::Backup { job, .. } => format!("job {}", job.name),
         Task::Probe { location } => format!("the probe of {location}"),
         Task::Retention { job } => format!("retention of job {job}"),
+        Task::Maintenance { task, .. } => format!("task {}", task.name()),
+    }
+}
+
+/// The alert a task's failure raises: about its repository for prune, its job (or every job)
+/// for verify and restore-test.
+fn task_problem(task: &TaskConfig, location: &str, error: &str) -> Problem {
+    let subject = match (task.run, &task.job) {
+        (crate::tasks::TaskRun::Prune, _) => format!("prune {location}"),
+        (_, Some(job)) => job.clone(),
+        (_, None) => "all jobs".to_string(),
+    };
+    Problem {
+        rule: task.run.rule(),
+        subject,
+        job: task.job.clone(),
+        message: format!("{} failed: {error}", task.name()),
     }
 }
 

@@ -17,3 +17,4 @@ mod runbooks;
 mod s3;
 mod s3support;
 mod streams;
+mod tasks;

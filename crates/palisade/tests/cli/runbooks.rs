@@ -1,5 +1,6 @@
 //! The runbooks in docs/runbooks run as written: every `sh` block of each, in order, in one
-//! shell, against a repository holding Chinook (SQLite, a directory, PostgreSQL).
+//! shell, against a repository holding Chinook (SQLite, a directory, PostgreSQL); the PITR
+//! runbook runs in `pitr.rs`, against an archiving server.
 
 use std::{os::unix::fs::PermissionsExt, path::Path, process::Command};
 
@@ -8,7 +9,7 @@ use palisade_testkit::postgres::PgServer;
 use crate::common::*;
 
 /// The `sh` blocks of a markdown file, in order, unindented.
-fn sh_blocks(markdown: &str) -> String {
+pub fn sh_blocks(markdown: &str) -> String {
     let mut script = String::new();
     let mut inside: Option<usize> = None;
     for line in markdown.lines() {
