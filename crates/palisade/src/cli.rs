@@ -110,9 +110,9 @@ pub enum Command {
     Quickstart(QuickstartArgs),
     /// Run every job on its schedule; record runs, send alerts, serve metrics (docs/daemon.md).
     Daemon(crate::daemon::DaemonArgs),
-    /// List each job's next scheduled runs.
+    /// List the next scheduled runs of each job and task.
     Schedule(crate::schedule::ScheduleArgs),
-    /// Show the recorded runs of backups, newest first.
+    /// Show the recorded runs (backups, prunes, verifies, restore tests), newest first.
     Runs(crate::state::RunsArgs),
     /// Alert channels (docs/alerts.md).
     #[command(subcommand)]

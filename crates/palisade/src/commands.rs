@@ -258,7 +258,7 @@ impl Session {
         let recorder = crate::state::Recorder::new(self);
         let mut busy = Vec::new();
         for job in &jobs {
-            let Ok(_lock) = crate::state::JobLock::take(&self.config, &job.name) else {
+            let Ok(_lock) = crate::state::RunLock::job(&self.config, &job.name) else {
                 eprintln!(
                     "palisade: job {}: already running (the daemon or another `palisade \
                      backup` is backing it up); skipped",
@@ -269,8 +269,10 @@ impl Session {
             };
             let run = recorder.start(&job.name);
             let outcome = (|| -> Result<BackupReport> {
+                let location = self.location(job.repository.as_deref())?;
+                let _shared = crate::state::RunLock::repository(&self.config, &location, false);
                 let repo = Repo::open(
-                    self.location(job.repository.as_deref())?,
+                    location,
                     self.password(job.password_file.as_ref())?,
                     self.bars.clone(),
                 )?;
@@ -604,6 +606,9 @@ impl Session {
                         group,
                     }));
                 if args.prune {
+                    let _exclusive = (!args.dry_run).then(|| {
+                        crate::state::RunLock::repository(&self.config, &run.location, true)
+                    });
                     let report = palisade_backup::prune(&repo, &request)?;
                     output.prune.push(RepositoryPrune {
                         repository: repository.clone(),
@@ -748,6 +753,10 @@ impl Session {
                     .unwrap_or(palisade_backup::KEEP_DELETE),
                 forgotten: Vec::new(),
             };
+            let location = self.location(job.and_then(|j| j.repository.as_deref()))?;
+            // A dry run marks nothing, and needs no lock.
+            let _exclusive = (!args.dry_run)
+                .then(|| crate::state::RunLock::repository(&self.config, &location, true));
             Ok(palisade_backup::prune(&self.open_for(job)?, &request)?)
         })();
         recorder.finish_task(run, &report, |_| None, |_| None);

@@ -156,10 +156,26 @@ fn plan(
     ctx: &Session,
     args: &RestoreTestArgs,
 ) -> Result<(Vec<Planned>, Option<std::rc::Rc<Repo>>)> {
-    let default = std::rc::Rc::new(ctx.open()?);
+    // The default repository, opened only when a test needs it (a job may have its own, and
+    // the config no default).
+    let opened = std::cell::OnceCell::new();
+    let default = || -> Result<std::rc::Rc<Repo>> {
+        if let Some(repo) = opened.get() {
+            return Ok(std::rc::Rc::clone(repo));
+        }
+        let repo = std::rc::Rc::new(ctx.open()?);
+        let _ = opened.set(repo.clone());
+        Ok(repo)
+    };
     let only_pitr = args.job.as_deref() == Some(PITR) && ctx.config.job(PITR).is_err();
     let wants_pitr = only_pitr || (args.job.is_none() && args.snapshot.is_none());
-    let pitr = (wants_pitr && prove::has_base_backup(&default)?).then(|| default.clone());
+    let pitr = match wants_pitr {
+        true => {
+            let repo = default()?;
+            prove::has_base_backup(&repo)?.then_some(repo)
+        }
+        false => None,
+    };
     if only_pitr {
         if pitr.is_none() {
             bail!(
@@ -174,7 +190,12 @@ fn plan(
         return Ok((
             vec![Planned {
                 name: job.map_or_else(|| snapshot.clone(), |j| j.name.clone()),
-                repo: default,
+                repo: match job {
+                    Some(job) if job.repository.is_some() || job.password_file.is_some() => {
+                        std::rc::Rc::new(ctx.open_for(Some(job))?)
+                    }
+                    _ => default()?,
+                },
                 snapshot: Some(snapshot.clone()),
                 job: job.cloned(),
             }],
@@ -186,6 +207,7 @@ fn plan(
         None => ctx.config.jobs.iter().collect(),
     };
     if jobs.is_empty() {
+        let default = default()?;
         let planned = prove::targets(&default, &[])?
             .into_iter()
             .map(|t| Planned {
@@ -203,7 +225,7 @@ fn plan(
     let mut planned = Vec::new();
     for job in jobs {
         let repo = match (&job.repository, &job.password_file) {
-            (None, None) => default.clone(),
+            (None, None) => default()?,
             _ => std::rc::Rc::new(ctx.open_for(Some(job))?),
         };
         let target = prove::targets(&repo, std::slice::from_ref(&job.name))?;

@@ -152,55 +152,111 @@ impl Recorder {
     }
 }
 
-/// A job's run lock, held while one process backs the job up, so that a backup by hand and
-/// the daemon's (or two by hand) never run one job at once. It is an advisory lock on
-/// `locks/job-HEX.lock` in the state directory, released by the kernel when its holder
-/// exits, however it exits.
+/// A lock file in the state directory's `locks/`, held through an advisory `flock` that the
+/// kernel releases when its holder exits, however it exits. Two kinds:
+///
+/// - a job's run lock (`job-ID.lock`), exclusive, held while one process backs the job up, so
+///   that a backup by hand and the daemon's (or two by hand) never run one job at once;
+/// - a repository's lock (`repo-ID.lock`), shared by every backup writing to it and exclusive
+///   for a prune, so that a prune never marks the packs of a backup still running, nor packs
+///   a running backup reuses (rustic_core's index reads no packs marked for deletion).
+///
+/// `ID` is the first 16 hex digits of the SHA-256 of the job's name or the repository's
+/// location, so any name fits in a file name. Without a usable state directory there is
+/// nothing to lock in: the command goes on unlocked, with a warning.
 #[derive(Debug)]
-pub struct JobLock {
+pub struct RunLock {
     _file: std::fs::File,
 }
 
-/// A job's lock is held by another process.
+/// A lock is held by another process.
 #[derive(Debug)]
 pub struct Busy;
 
-impl JobLock {
-    /// Takes `job`'s lock without waiting. Without a usable state directory there is nothing
-    /// to lock in: the backup goes on unlocked, with a warning.
-    pub fn take(config: &Config, job: &str) -> std::result::Result<Option<Self>, Busy> {
-        let Some(dir) = state_dir(config) else {
+impl RunLock {
+    /// Takes `job`'s run lock without waiting.
+    pub fn job(config: &Config, job: &str) -> std::result::Result<Option<Self>, Busy> {
+        let Some(file) = lock_file(config, "job", job) else {
             return Ok(None);
-        };
-        let dir = dir.join("locks");
-        let path = dir.join(format!("job-{}.lock", hex::encode(job)));
-        let file = std::fs::create_dir_all(&dir).and_then(|()| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-        });
-        let file = match file {
-            Ok(file) => file,
-            Err(err) => {
-                log::warn!(
-                    "job {job}: cannot take its run lock {}: {err}; running unlocked",
-                    path.display()
-                );
-                return Ok(None);
-            }
         };
         match file.try_lock() {
             Ok(()) => Ok(Some(Self { _file: file })),
             Err(std::fs::TryLockError::WouldBlock) => Err(Busy),
             Err(std::fs::TryLockError::Error(err)) => {
-                log::warn!(
-                    "job {job}: cannot take its run lock {}: {err}; running unlocked",
-                    path.display()
-                );
+                log::warn!("job {job}: cannot take its run lock: {err}; running unlocked");
                 Ok(None)
             }
+        }
+    }
+
+    /// Takes the lock of the repository at `location`: shared for a backup, exclusive for a
+    /// prune. Waits, saying so once, while a holder of the other kind runs.
+    pub fn repository(
+        config: &Config,
+        location: &palisade_backup::Location,
+        exclusive: bool,
+    ) -> Option<Self> {
+        // One key per repository however it was named: a local path as the file system has it.
+        let key = match location {
+            palisade_backup::Location::Local(path) => std::fs::canonicalize(path)
+                .unwrap_or_else(|_| path.clone())
+                .display()
+                .to_string(),
+            other => other.to_string(),
+        };
+        let file = lock_file(config, "repo", &key)?;
+        let tried = if exclusive {
+            file.try_lock()
+        } else {
+            file.try_lock_shared()
+        };
+        let result = match tried {
+            Ok(()) => Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if exclusive {
+                    eprintln!(
+                        "palisade: waiting for the backups running to {location} to finish \
+                         before pruning it"
+                    );
+                    file.lock()
+                } else {
+                    eprintln!("palisade: waiting for the prune of {location} to finish");
+                    file.lock_shared()
+                }
+            }
+            Err(std::fs::TryLockError::Error(err)) => Err(err),
+        };
+        match result {
+            Ok(()) => Some(Self { _file: file }),
+            Err(err) => {
+                log::warn!("cannot lock the repository {location}: {err}; running unlocked");
+                None
+            }
+        }
+    }
+}
+
+/// Opens (creating it) `locks/KIND-ID.lock` in the state directory.
+fn lock_file(config: &Config, kind: &str, name: &str) -> Option<std::fs::File> {
+    use sha2::Digest;
+    let dir = state_dir(config)?.join("locks");
+    let id = hex::encode(sha2::Sha256::digest(name.as_bytes()));
+    let path = dir.join(format!("{kind}-{}.lock", &id[..16]));
+    let file = std::fs::create_dir_all(&dir).and_then(|()| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+    });
+    match file {
+        Ok(file) => Some(file),
+        Err(err) => {
+            log::warn!(
+                "cannot open the lock file {}: {err}; running unlocked",
+                path.display()
+            );
+            None
         }
     }
 }

@@ -46,8 +46,9 @@ pub struct TaskConfig {
     pub run: TaskRun,
     /// When: a cron expression or a schedule table, as a job's.
     pub schedule: ScheduleConfig,
-    /// The job it is about: verify hashes only its items, restore-test tests only its newest
-    /// snapshot, prune prunes its repository. Without it: every job, or the default repository.
+    /// The job it is about: verify reads its repository and hashes only its items,
+    /// restore-test tests only its newest snapshot, prune prunes its repository. Without it:
+    /// verify and prune work on the default repository, restore-test tests every job.
     pub job: Option<String>,
     /// verify: the percentage of the data read per run.
     pub read_data_subset: Option<f64>,
@@ -152,6 +153,15 @@ pub fn validate(config: &Config, text: &str) -> Result<(), (Option<usize>, Strin
         if let Some(limit) = &task.max_duration {
             crate::schedule::parse_duration(limit)
                 .map_err(|err| (at("max_duration"), format!("task `{name}`: {err}")))?;
+        }
+        if task.job.is_none() && config.repository_location().is_none() {
+            return Err((
+                at("run"),
+                format!(
+                    "task `{name}` has no `job` and the config no default `repository`; set \
+                     `job = NAME` or a top-level `repository`"
+                ),
+            ));
         }
         if task.run == TaskRun::Prune
             && let Some(job) = &task.job

@@ -408,6 +408,15 @@ impl Daemon<'_> {
     }
 
     fn start_backup(&mut self, job: &Job, trigger: Trigger, now: DateTime<Utc>) {
+        // A backup by hand holds the job: skip the slot without a child (and without a ping
+        // that would never be followed by a finish). The child checks again, for the moment
+        // between this test and its start.
+        if crate::state::RunLock::job(&self.config, &job.name).is_err() {
+            if let Ok(run) = self.store.start_run(&job.name, trigger, now) {
+                self.record_skipped(&job.name, run, now);
+            }
+            return;
+        }
         let run = match self.store.start_run(&job.name, trigger, now) {
             Ok(run) => run,
             Err(err) => {
@@ -529,7 +538,14 @@ impl Daemon<'_> {
         });
         let ok = done.stopped.is_none() && done.status.code() == Some(0);
         let error = match done.stopped {
-            Some(StopReason::Timeout) => Some("stopped by its timeout".to_string()),
+            Some(StopReason::Timeout) => Some(format!(
+                "stopped by its timeout ({} s)",
+                self.schedules
+                    .get(&Unit::of_task(task))
+                    .and_then(|(_, s)| s.timeout)
+                    .unwrap_or_default()
+                    .as_secs()
+            )),
             Some(StopReason::Shutdown) => {
                 Some("abandoned: the daemon was stopped while it ran".to_string())
             }
@@ -555,9 +571,23 @@ impl Daemon<'_> {
             report,
             ..RunResult::default()
         };
+        let parts_read = result
+            .report
+            .as_ref()
+            .map(|r| r["parts"].clone())
+            .unwrap_or_default();
         self.record(run, now, outcome, result);
         let problem = task_problem(task, location, error.as_deref().unwrap_or(""));
         match (outcome, error) {
+            (RunOutcome::Success, _)
+                if task.run == crate::tasks::TaskRun::Verify
+                    && !self.failed_parts_read(task, run, &parts_read) =>
+            {
+                log::info!(
+                    "task {name}: passed, but the part that failed has not been read again yet; \
+                     its alert stays open"
+                );
+            }
             (RunOutcome::Success, _) => {
                 log::info!("task {name}: done");
                 self.clear(now, problem.rule, &problem.subject);
@@ -568,6 +598,37 @@ impl Daemon<'_> {
                 self.raise(now, &problem);
             }
         }
+    }
+
+    /// Whether a verify that passed, reading `parts`, has read again every part whose reading
+    /// failed in the task's last failed run (a verify reads one part of the data per run, so
+    /// the damage of a part is only known to be gone once that part reads clean). True when
+    /// there was no failed run, it read no part, or the parts were counted differently.
+    fn failed_parts_read(&self, task: &TaskConfig, run: i64, parts: &serde_json::Value) -> bool {
+        let Ok(runs) = self.store.runs_of(task.run.kind(), task.job_column(), 100) else {
+            return true;
+        };
+        let Some(failed) = runs
+            .iter()
+            .filter(|r| r.id != run)
+            .find(|r| r.outcome != RunOutcome::Success)
+        else {
+            return true;
+        };
+        let names = |value: &serde_json::Value| -> Vec<String> {
+            value
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.as_str().map(str::to_string))
+                .collect()
+        };
+        let failed_parts = failed
+            .report
+            .as_ref()
+            .map(|r| names(&r["parts"]))
+            .unwrap_or_default();
+        covers(&failed_parts, &names(parts))
     }
 
     fn reap(&mut self, now: DateTime<Utc>) {
@@ -702,13 +763,7 @@ impl Daemon<'_> {
         now: DateTime<Utc>,
     ) {
         if done.stopped.is_none() && done.status.code() == Some(i32::from(crate::EXIT_BUSY)) {
-            let error = "skipped: another run of the job (by hand, or another daemon) was going on";
-            log::warn!("job {}: {error}", job.name);
-            let result = RunResult {
-                error: Some(error.into()),
-                ..RunResult::default()
-            };
-            self.record(run, now, RunOutcome::Skipped, result);
+            self.record_skipped(&job.name, run, now);
             return;
         }
         let timeout = self
@@ -833,7 +888,33 @@ impl Daemon<'_> {
         let Ok(open) = self.store.open_alerts() else {
             return;
         };
+        let prune_subjects: Vec<String> = self
+            .config
+            .tasks
+            .iter()
+            .filter(|t| t.run == crate::tasks::TaskRun::Prune)
+            .map(|t| {
+                let location = match t.job.as_deref().map(|n| self.config.job(n)) {
+                    Some(Ok(job)) => self.location(job),
+                    _ => self.default_location(),
+                };
+                task_problem(t, &location, "").subject
+            })
+            .collect();
         for alert in open {
+            if alert.rule == Rule::RetentionFailed.as_str()
+                && alert.subject.starts_with("prune ")
+                && !prune_subjects.contains(&alert.subject)
+            {
+                log::info!(
+                    "its task left the config; the {} alert is closed",
+                    alert.key
+                );
+                if let Err(err) = self.store.remove_alert(&alert.key) {
+                    log::warn!("{err}");
+                }
+                continue;
+            }
             let task_rule = [Rule::VerifyFailed, Rule::RestoreTestFailed]
                 .into_iter()
                 .find(|rule| rule.as_str() == alert.rule);
@@ -870,6 +951,16 @@ impl Daemon<'_> {
                 self.clear(now, Rule::MissedBackup, job);
             }
         }
+    }
+
+    fn record_skipped(&self, job: &str, run: i64, now: DateTime<Utc>) {
+        let error = "skipped: another run of the job (by hand, or another daemon) was going on";
+        log::warn!("job {job}: {error}");
+        let result = RunResult {
+            error: Some(error.into()),
+            ..RunResult::default()
+        };
+        self.record(run, now, RunOutcome::Skipped, result);
     }
 
     fn record(&self, run: i64, now: DateTime<Utc>, outcome: RunOutcome, result: RunResult) {
@@ -1014,6 +1105,14 @@ fn trigger_name(trigger: Trigger) -> &'static str {
     }
 }
 
+/// Whether the parts `read` (as `n/m`) include every part of `failed`: true too when nothing
+/// failed in a part, or the parts were counted differently (the rotation started again).
+fn covers(failed: &[String], read: &[String]) -> bool {
+    let of = |part: &String| part.split('/').nth(1).map(str::to_string);
+    let same_count = failed.first().map(of) == read.first().map(of);
+    failed.is_empty() || !same_count || failed.iter().all(|p| read.contains(p))
+}
+
 /// A random delay of at most `max`.
 fn jitter(max: Duration) -> chrono::Duration {
     if max.is_zero() {
@@ -1046,6 +1145,24 @@ fn failure_text(stderr: &str, job: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_verify_alert_waits_for_the_failed_part_to_be_read_again() {
+        let parts = |list: &[&str]| list.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        assert!(!covers(&parts(&["3/7"]), &parts(&["4/7"])));
+        assert!(covers(&parts(&["3/7"]), &parts(&["3/7"])));
+        assert!(covers(
+            &parts(&["3/28", "4/28"]),
+            &parts(&["2/28", "3/28", "4/28"])
+        ));
+        assert!(!covers(
+            &parts(&["3/28", "4/28"]),
+            &parts(&["4/28", "5/28"])
+        ));
+        // Counted again from scratch, or a failure before any part was read.
+        assert!(covers(&parts(&["3/7"]), &parts(&["1/1"])));
+        assert!(covers(&[], &parts(&["4/7"])));
+    }
 
     #[test]
     fn the_failure_line_of_the_job_is_chosen() {

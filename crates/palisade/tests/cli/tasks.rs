@@ -32,6 +32,15 @@ fn largest_pack(repo: &Path) -> PathBuf {
     packs.remove(0)
 }
 
+/// The state directory's lock file of `kind` (`job`, `repo`) for `name`, as Palisade names it.
+fn lock_file(env: &Env, kind: &str, name: &str) -> std::fs::File {
+    use sha2::Digest;
+    let locks = env.path("state/locks");
+    std::fs::create_dir_all(&locks).unwrap();
+    let id = hex::encode(sha2::Sha256::digest(name.as_bytes()));
+    std::fs::File::create(locks.join(format!("{kind}-{}.lock", &id[..16]))).unwrap()
+}
+
 /// Waits until the newest `kind` run has finished, and gives it.
 fn wait_task(env: &Env, kind: &str, count: usize) -> serde_json::Value {
     wait_for(&format!("{count} finished {kind} run(s)"), || {
@@ -205,10 +214,7 @@ fn a_backup_never_runs_beside_another_run_of_the_same_job() {
         ),
     );
     // Another `palisade backup` of the job, as far as the lock can tell.
-    let locks = env.path("state/locks");
-    std::fs::create_dir_all(&locks).unwrap();
-    let holder =
-        std::fs::File::create(locks.join(format!("job-{}.lock", hex::encode("shop")))).unwrap();
+    let holder = lock_file(&env, "job", "shop");
     holder.lock().unwrap();
 
     let out = bare(&env)
@@ -249,6 +255,73 @@ fn a_backup_never_runs_beside_another_run_of_the_same_job() {
             .all(|r| !r.body.contains("run-failed")),
         "a skipped run alerted"
     );
+}
+
+/// A prune waits for the backups writing to its repository (it would otherwise mark the packs
+/// they are writing, and their snapshots would not restore until the next prune), and a
+/// backup waits for a prune; a dry run waits for nothing.
+#[test]
+fn prune_and_backups_of_one_repository_take_turns() {
+    let env = Env::new();
+    std::fs::copy(chinook(), env.path("shop.db")).unwrap();
+    setup(&env, &format!("state_dir = \"state\"\n{SHOP}"));
+    assert_status(&bare(&env).arg("backup").output().unwrap(), 0, "backup");
+    let repo = std::fs::canonicalize(env.path("repo")).unwrap();
+    let lock = lock_file(&env, "repo", &repo.display().to_string());
+
+    // A backup is running (it holds the lock shared): prune waits, saying so.
+    lock.lock_shared().unwrap();
+    assert_status(
+        &bare(&env).args(["prune", "--dry-run"]).output().unwrap(),
+        0,
+        "a dry run does not wait",
+    );
+    let err = env.path("prune.err");
+    let mut prune = bare(&env)
+        .arg("prune")
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("prune to say it waits", || {
+        std::fs::read_to_string(&err)
+            .unwrap()
+            .contains("waiting for the backups running to")
+            .then_some(())
+    });
+    assert!(prune.try_wait().unwrap().is_none(), "prune did not wait");
+    lock.unlock().unwrap();
+    let status = wait_for("prune to end", || prune.try_wait().unwrap());
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&err).unwrap()
+    );
+
+    // A prune is running (it holds the lock exclusively): a backup waits.
+    lock.lock().unwrap();
+    let mut backup = bare(&env)
+        .arg("backup")
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("the backup to say it waits", || {
+        std::fs::read_to_string(&err)
+            .unwrap()
+            .contains("waiting for the prune of")
+            .then_some(())
+    });
+    assert!(
+        backup.try_wait().unwrap().is_none(),
+        "the backup did not wait"
+    );
+    lock.unlock().unwrap();
+    let status = wait_for("the backup to end", || backup.try_wait().unwrap());
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&err).unwrap()
+    );
+    assert_eq!(runs(&env).len(), 3, "two backups and a prune");
 }
 
 /// A repository that goes away (an unmounted disk) makes the job fail and the probe fail: the
@@ -397,6 +470,21 @@ fn config_check_names_the_line_of_a_bad_task() {
             "leave `job` out",
         ),
     ];
+    // Without a job, a task works on the default repository: there must be one.
+    std::fs::write(
+        env.path("palisade.toml"),
+        format!(
+            "password_file = \"key\"\n{SHOP}[[tasks]]\nrun = \"verify\"\nschedule = \"0 3 * * *\"\n"
+        ),
+    )
+    .unwrap();
+    let out = bare(&env).args(["config", "check"]).output().unwrap();
+    assert_status(&out, 1, "a task without job or repository");
+    assert!(
+        stderr(&out).contains("line 6") && stderr(&out).contains("no default `repository`"),
+        "{}",
+        stderr(&out)
+    );
     for (tasks, line, message) in cases {
         write_config(&env, &format!("{SHOP}{tasks}"));
         let out = bare(&env).args(["config", "check"]).output().unwrap();
