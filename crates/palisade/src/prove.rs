@@ -55,8 +55,8 @@ pub struct DrillArgs {
 fn parse_percent(text: &str) -> Result<u32, String> {
     let number = text.trim().trim_end_matches('%');
     match number.parse::<f64>() {
-        Ok(p) if p > 0.0 && p <= 100.0 => Ok((100.0 / p).ceil() as u32),
-        _ => Err("give a percentage above 0 and at most 100, such as 15 or 100".into()),
+        Ok(p) if (1.0..=100.0).contains(&p) => Ok((100.0 / p).ceil() as u32),
+        _ => Err("give a percentage from 1 to 100, such as 15 or 100".into()),
     }
 }
 

@@ -50,7 +50,8 @@ pub struct TaskConfig {
     /// restore-test tests only its newest snapshot, prune prunes its repository. Without it:
     /// verify and prune work on the default repository, restore-test tests every job.
     pub job: Option<String>,
-    /// verify: the percentage of the data read per run.
+    /// verify: the percentage of the data read per run (`15` or `"15%"`).
+    #[serde(default, deserialize_with = "percent")]
     pub read_data_subset: Option<f64>,
     /// verify: read until this much time has passed instead (`30m`).
     pub max_duration: Option<String>,
@@ -83,6 +84,30 @@ impl TaskConfig {
             args.extend(["--max-duration".into(), limit.clone()]);
         }
         args
+    }
+}
+
+/// A percentage written as a number (`15`) or as text (`"15%"`), as on the command line.
+fn percent<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Number(f64),
+        Text(String),
+    }
+    match Written::deserialize(deserializer)? {
+        Written::Number(n) => Ok(Some(n)),
+        Written::Text(text) => text
+            .trim()
+            .trim_end_matches('%')
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is not a percentage; write e.g. 15 or \"15%\""
+                ))
+            }),
     }
 }
 
@@ -140,13 +165,13 @@ pub fn validate(config: &Config, text: &str) -> Result<(), (Option<usize>, Strin
             ));
         }
         if let Some(percent) = task.read_data_subset
-            && !(percent > 0.0 && percent <= 100.0)
+            && !(1.0..=100.0).contains(&percent)
         {
             return Err((
                 at("read_data_subset"),
                 format!(
-                    "task `{name}`: read_data_subset = {percent} is not a percentage; give a \
-                     number above 0 and at most 100, such as 15"
+                    "task `{name}`: read_data_subset = {percent} is not a percentage from 1 to \
+                     100; give e.g. 15 (the whole data every 7 runs)"
                 ),
             ));
         }

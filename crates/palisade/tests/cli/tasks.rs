@@ -72,7 +72,7 @@ fn scheduled_verify_restore_test_and_prune_are_recorded_and_a_damaged_pack_alert
              [alerting]\nrepeat = \"1d\"\nmissed_factor = 1000\n\
              {SHOP}\
              [[tasks]]\nrun = \"verify\"\nschedule = {{ cron = \"30 * * * *\", timezone = \"UTC\" }}\n\
-             read_data_subset = 100\n\
+             read_data_subset = \"100%\"\n\
              [[tasks]]\nrun = \"restore-test\"\njob = \"shop\"\n\
              schedule = {{ cron = \"10 * * * *\", timezone = \"UTC\" }}\n\
              [[tasks]]\nrun = \"prune\"\nschedule = {{ cron = \"20 0 * * *\", timezone = \"UTC\" }}\n\
