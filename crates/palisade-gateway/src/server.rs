@@ -27,6 +27,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::{
     Error, GatewayOptions,
+    framing::{FramingFlag, Verdicts, Watched, Watcher},
     idle::IdleTimeout,
     options::upstream_uri,
     proxy::{Proxy, ProxyOptions},
@@ -175,6 +176,8 @@ impl Gateway {
             permits: permits.clone(),
             header_read: options.timeouts.header_read,
             idle: options.timeouts.idle,
+            max_head: options.limits.max_header_bytes,
+            max_headers: options.limits.max_headers,
         };
         let https = listeners.accept(self.https, Some(self.acceptor.clone()), https_service);
         let http = async {
@@ -228,6 +231,8 @@ struct Listeners {
     permits: Arc<Semaphore>,
     header_read: Duration,
     idle: Duration,
+    max_head: usize,
+    max_headers: usize,
 }
 
 impl Listeners {
@@ -262,6 +267,8 @@ impl Listeners {
                     tls: tls.is_some(),
                 },
                 idle: self.idle,
+                max_head: self.max_head,
+                max_headers: self.max_headers,
             };
             let (tls, service, header_read) = (tls.clone(), service.clone(), self.header_read);
             tokio::spawn(async move {
@@ -276,6 +283,8 @@ struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
     peer: Peer,
     idle: Duration,
+    max_head: usize,
+    max_headers: usize,
 }
 
 impl Connection {
@@ -312,11 +321,21 @@ impl Connection {
         S::Error: Into<BoxError>,
     {
         let peer = self.peer;
+        let verdicts = Verdicts::default();
+        let watcher = Watcher::new(verdicts.clone(), self.max_head, self.max_headers);
         let service = service.map_request(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(peer);
+            // HTTP/1 requests arrive in the order of their heads; HTTP/2 has no verdicts.
+            if req.version() <= http::Version::HTTP_11 {
+                let verdict = verdicts.lock().expect("verdict lock").pop_front().flatten();
+                if let Some(rule) = verdict {
+                    req.extensions_mut().insert(FramingFlag(rule));
+                }
+            }
             req
         });
-        let io = TokioIo::new(Box::pin(IdleTimeout::new(io, self.idle)));
+        let io = Watched::new(IdleTimeout::new(io, self.idle), watcher);
+        let io = TokioIo::new(Box::pin(io));
         let served = self
             .builder
             .serve_connection_with_upgrades(io, TowerToHyperService::new(service))

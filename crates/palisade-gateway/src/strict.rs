@@ -1,7 +1,8 @@
 //! Strict request checks that hyper's parser leaves to us: framing that two parsers could read
 //! differently, the request target's length, and the body's declared size.
 //!
-//! hyper itself refuses bare CR or LF, malformed chunked bodies, invalid header bytes and
+//! Framing hyper accepts and repairs is flagged by the [`crate::framing`] watcher. hyper itself
+//! refuses bare CR, malformed chunked bodies, invalid header bytes and
 //! `Content-Length` values that are not plain digits or disagree; the gateway's tests pin what
 //! it does. The request forwarded is the one hyper parsed, re-encoded, so the upstream sees the
 //! framing the gateway judged.
@@ -9,10 +10,13 @@
 use http::{HeaderMap, Request, header};
 use palisade_guard::{Rejection, RejectionKind};
 
-use crate::options::Limits;
+use crate::{framing::FramingFlag, options::Limits};
 
 /// The first rule `req` breaks, if any.
 pub fn check<B>(req: &Request<B>, limits: &Limits) -> Result<(), Rejection> {
+    if let Some(FramingFlag(rule)) = req.extensions().get::<FramingFlag>() {
+        return Err(Rejection::new(RejectionKind::AmbiguousFraming, rule));
+    }
     check_framing(req.headers())?;
     let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if target > limits.max_uri_bytes {

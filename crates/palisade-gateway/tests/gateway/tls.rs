@@ -1,0 +1,194 @@
+//! TLS: versions, suites, ALPN, SNI and reloads, checked with curl (OpenSSL) and rustls.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use palisade_gateway::{CertificateFiles, SelfSigned, TlsProfile};
+
+use crate::support::{TestGateway, Upstream, get, options, send_over, tls_connect};
+
+fn ok(output: &std::process::Output) -> bool {
+    output.status.success()
+}
+
+#[tokio::test]
+async fn curl_negotiates_http2_through_alpn() {
+    let upstream = Upstream::start().await;
+    let gateway = TestGateway::start(options(&upstream)).await;
+    let output = gateway
+        .curl(&[
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+            &gateway.url("/"),
+        ])
+        .await;
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "2 200",
+        "{output:?}"
+    );
+    let output = gateway
+        .curl(&[
+            "--http1.1",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version}",
+            &gateway.url("/"),
+        ])
+        .await;
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "1.1", "{output:?}");
+    // Over HTTP/2 the upstream still gets a Host header.
+    assert_eq!(
+        upstream.received()[0].headers["host"],
+        format!("localhost:{}", gateway.addr.port())
+    );
+}
+
+#[tokio::test]
+async fn intermediate_accepts_tls12_and_13_and_refuses_older() {
+    let upstream = Upstream::start().await;
+    let gateway = TestGateway::start(options(&upstream)).await;
+    let url = gateway.url("/");
+    // SECLEVEL=0 makes OpenSSL offer TLS 1.0 and 1.1 at all, so the refusal is the gateway's.
+    let old = ["--ciphers", "DEFAULT@SECLEVEL=0", "-o", "/dev/null"];
+    for version in ["1.0", "1.1"] {
+        let min = format!("--tlsv{version}");
+        let output = gateway
+            .curl(&[&old[..], &[&min, "--tls-max", version, &url]].concat())
+            .await;
+        assert!(!ok(&output), "TLS {version} was accepted");
+    }
+    for version in ["1.2", "1.3"] {
+        let min = format!("--tlsv{version}");
+        let output = gateway
+            .curl(&["-o", "/dev/null", &min, "--tls-max", version, &url])
+            .await;
+        assert!(ok(&output), "TLS {version} refused: {output:?}");
+    }
+}
+
+#[tokio::test]
+async fn suites_without_forward_secrecy_or_aead_are_refused() {
+    let upstream = Upstream::start().await;
+    let gateway = TestGateway::start(options(&upstream)).await;
+    let url = gateway.url("/");
+    let tls12 = [
+        "-o",
+        "/dev/null",
+        "--tlsv1.2",
+        "--tls-max",
+        "1.2",
+        "--ciphers",
+    ];
+    for suite in [
+        "ECDHE-ECDSA-AES128-SHA",
+        "ECDHE-ECDSA-AES256-SHA384",
+        "AES128-GCM-SHA256",
+    ] {
+        let output = gateway.curl(&[&tls12[..], &[suite, &url]].concat()).await;
+        assert!(!ok(&output), "{suite} was accepted");
+    }
+    for suite in [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+    ] {
+        let output = gateway.curl(&[&tls12[..], &[suite, &url]].concat()).await;
+        assert!(ok(&output), "{suite} refused: {output:?}");
+    }
+}
+
+#[tokio::test]
+async fn modern_is_tls13_only() {
+    let upstream = Upstream::start().await;
+    let mut options = options(&upstream);
+    options.tls.profile = TlsProfile::Modern;
+    let gateway = TestGateway::start(options).await;
+    let url = gateway.url("/");
+    let output = gateway
+        .curl(&["-o", "/dev/null", "--tlsv1.2", "--tls-max", "1.2", &url])
+        .await;
+    assert!(!ok(&output), "TLS 1.2 accepted by the modern profile");
+    let output = gateway.curl(&["-o", "/dev/null", "--tlsv1.3", &url]).await;
+    assert!(ok(&output), "{output:?}");
+}
+
+fn certificate(dir: &std::path::Path, host: &str) -> CertificateFiles {
+    SelfSigned::generate(&[host.to_string()])
+        .unwrap()
+        .write(&dir.join(host))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_certificate_is_chosen_by_sni() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        certificate(dir.path(), "a.test"),
+        certificate(dir.path(), "b.test"),
+    );
+    let mut options = options(&upstream);
+    options.tls.certificates = vec![a.clone(), b.clone()];
+    let gateway = TestGateway::start(options).await;
+    // Each name verifies against its own certificate only (tls_connect panics otherwise).
+    let stream = tls_connect(gateway.addr, &b.cert, "b.test").await;
+    let mut request = get("/");
+    request
+        .headers_mut()
+        .insert("host", "b.test".parse().unwrap());
+    assert_eq!(send_over(stream, request).await.0.status(), StatusCode::OK);
+    tls_connect(gateway.addr, &a.cert, "a.test").await;
+    // An unknown name gets the first certificate.
+    tls_connect(gateway.addr, &a.cert, "a.test").await;
+}
+
+#[tokio::test]
+async fn a_reload_swaps_certificates_and_keeps_open_connections() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = certificate(dir.path(), "localhost");
+    let mut options = options(&upstream);
+    options.tls.certificates = vec![first.clone()];
+    let gateway = TestGateway::start(options).await;
+
+    let io = hyper_util::rt::TokioIo::new(gateway.tls().await);
+    let (mut open, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(connection);
+    assert_eq!(
+        open.send_request(get("/")).await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    // Replace the files as a certificate renewal would, then reload.
+    let renewed = SelfSigned::generate(&["localhost".into()]).unwrap();
+    let staging = dir.path().join("renewed");
+    let files = renewed.write(&staging).unwrap();
+    std::fs::rename(&files.cert, &first.cert).unwrap();
+    std::fs::rename(&files.key, &first.key).unwrap();
+    assert_eq!(gateway.reloader.reload().unwrap(), 1);
+
+    // New handshakes present the renewed certificate; the open connection still works.
+    let fresh = tls_connect(gateway.addr, &first.cert, "localhost").await;
+    assert_eq!(send_over(fresh, get("/")).await.0.status(), StatusCode::OK);
+    let answer = tokio::time::timeout(Duration::from_secs(5), open.send_request(get("/")));
+    assert_eq!(answer.await.unwrap().unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_failed_reload_keeps_the_certificates_in_use() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = certificate(dir.path(), "localhost");
+    let mut options = options(&upstream);
+    options.tls.certificates = vec![first.clone()];
+    let gateway = TestGateway::start(options).await;
+    std::fs::write(&first.key, "not a key").unwrap();
+    let err = gateway.reloader.reload().unwrap_err();
+    assert!(err.to_string().contains("key.pem"), "{err}");
+    let stream = tls_connect(gateway.addr, &first.cert, "localhost").await;
+    assert_eq!(send_over(stream, get("/")).await.0.status(), StatusCode::OK);
+}
