@@ -116,6 +116,11 @@ impl SecurityTxtOptions {
         })
     }
 
+    /// [`expiry_warning`](Self::expiry_warning) at the current time.
+    pub fn expiry_warning_now(&self) -> Option<String> {
+        self.expiry_warning(Timestamp::now())
+    }
+
     /// The file's text.
     pub fn render(&self, expires: Timestamp) -> String {
         let mut text = String::new();

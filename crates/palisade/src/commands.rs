@@ -35,6 +35,9 @@ pub fn run(cli: Cli) -> Result<Outcome> {
     if let Command::Daemon(_) = &cli.command {
         return crate::daemon::run(&global);
     }
+    if let Command::Gateway(args) = &cli.command {
+        return crate::gateway::run(&global, args, config_named(&global));
+    }
     let config = if global.daemon_child {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
@@ -62,7 +65,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Schedule(args) => crate::schedule::show(&ctx, &args),
         Command::Runs(args) => crate::state::show(&ctx, &args),
         Command::Alert(command) => crate::alerting::run(&ctx, command),
-        Command::Quickstart(_) | Command::Config(_) | Command::Daemon(_) => {
+        Command::Quickstart(_) | Command::Config(_) | Command::Daemon(_) | Command::Gateway(_) => {
             unreachable!("handled above")
         }
     }
@@ -72,6 +75,9 @@ pub fn run(cli: Cli) -> Result<Outcome> {
 fn check_config(global: &Global) -> Result<Outcome> {
     let config = Config::load(&global.config, true)?;
     crate::alerting::check_reachable(&global.config, &config)?;
+    if let Some(gateway) = &config.gateway {
+        crate::gateway::check(gateway)?;
+    }
     #[derive(Serialize)]
     struct Summary<'a> {
         config: String,
@@ -80,6 +86,7 @@ fn check_config(global: &Global) -> Result<Outcome> {
         jobs: Vec<&'a str>,
         jobs_with_retention: Vec<&'a str>,
         bucket_section: bool,
+        gateway_section: bool,
     }
     let summary = Summary {
         config: global.config.display().to_string(),
@@ -93,18 +100,24 @@ fn check_config(global: &Global) -> Result<Outcome> {
             .map(|job| job.name.as_str())
             .collect(),
         bucket_section: config.bucket.is_some(),
+        gateway_section: config.gateway.is_some(),
     };
     if global.json {
         print_json(&summary)?;
     } else if !global.quiet {
         println!(
-            "{} is valid: repository {}, {} job(s) ({} with retention){}",
+            "{} is valid: repository {}, {} job(s) ({} with retention){}{}",
             summary.config,
             summary.repository.unwrap_or("(none)"),
             summary.jobs.len(),
             summary.jobs_with_retention.len(),
             if summary.bucket_section {
                 ", [bucket] settings"
+            } else {
+                ""
+            },
+            if summary.gateway_section {
+                ", [gateway] settings"
             } else {
                 ""
             }

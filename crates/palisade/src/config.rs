@@ -40,6 +40,8 @@ pub struct Config {
     /// Alert channels.
     #[serde(default)]
     pub alerts: Vec<crate::alerting::AlertConfig>,
+    /// `palisade gateway` settings (docs/gateway.md).
+    pub gateway: Option<palisade_gateway::GatewayOptions>,
 }
 
 /// The `[repository]` table (a plain string is read as its `location`).
@@ -277,6 +279,12 @@ impl Config {
         for alert in &mut self.alerts {
             alert.resolve(base);
         }
+        if let Some(gateway) = self.gateway.as_mut() {
+            for files in &mut gateway.tls.certificates {
+                fix(&mut files.cert);
+                fix(&mut files.key);
+            }
+        }
         if let Some(pitr) = self.pitr.as_mut() {
             pitr.bin_dir.as_mut().map(fix);
             pitr.cache_dir.as_mut().map(fix);
@@ -453,6 +461,17 @@ impl Config {
         }
         crate::schedule::validate(self, text)?;
         crate::alerting::validate(self, text)?;
+        if let Some(gateway) = &self.gateway {
+            gateway.validate().map_err(|err| {
+                let line = match &err {
+                    palisade_gateway::Error::BadSetting { setting, .. } => {
+                        gateway_line(text, setting)
+                    }
+                    _ => None,
+                };
+                (line.or_else(|| line_of(text, "gateway", 0, "")), format!("[gateway] {err}"))
+            })?;
+        }
         Ok(())
     }
 
@@ -572,6 +591,17 @@ fn bucket_line(text: &str, setting: &str) -> Option<usize> {
             .or_else(|| line_of(text, "bucket", 0, table))
             .or_else(|| line_of(text, &format!("bucket.{table}"), 0, "")),
         None => line_of(text, "bucket", 0, setting),
+    }
+}
+
+/// The line of a `[gateway]` setting such as `headers.hsts_max_age`: in its own
+/// `[gateway.headers]` table, or on the `headers = { ... }` line of `[gateway]`.
+fn gateway_line(text: &str, setting: &str) -> Option<usize> {
+    match setting.rsplit_once('.') {
+        Some((table, key)) => line_of(text, &format!("gateway.{table}"), 0, key)
+            .or_else(|| line_of(text, "gateway", 0, table.split('.').next().unwrap_or(table)))
+            .or_else(|| line_of(text, &format!("gateway.{table}"), 0, "")),
+        None => line_of(text, "gateway", 0, setting),
     }
 }
 
@@ -819,5 +849,44 @@ mod tests {
             text.contains("line 2") && !text.contains("12345SecretValue"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn gateway_section_is_read_and_its_mistakes_name_their_line() {
+        let config = parse(
+            "[gateway]\nupstreams = [\"http://127.0.0.1:3000\"]\nhosts = [\"shop.example\"]\n\
+             [[gateway.tls.certificates]]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n\
+             [gateway.security_txt]\ncontact = [\"mailto:s@shop.example\"]\n\
+             expires = \"2030-01-01T00:00:00Z\"\n",
+        )
+        .unwrap();
+        let gateway = config.gateway.unwrap();
+        assert_eq!(gateway.hosts, ["shop.example"]);
+        let cert = &gateway.tls.certificates[0].cert;
+        assert!(cert.is_absolute() && cert.ends_with("tls/cert.pem"), "{}", cert.display());
+        let cases = [
+            ("[gateway]\nupstreams = []\n", "line 2", "no upstream"),
+            (
+                "[gateway]\nupstreams = [\"http://a:1\"]\n[gateway.headers]\nhsts_max_age = 60\n",
+                "line 4",
+                "two years",
+            ),
+            (
+                "[gateway]\nupstreams = [\"http://a:1\"]\nheaders = { hsts_max_age = 60 }\n",
+                "line 3",
+                "two years",
+            ),
+            (
+                "[gateway]\nupstreams = [\"http://a:1\"]\n[gateway.security_txt]\ncontact = []\nexpires = \"x\"\n",
+                "line 4",
+                "contact",
+            ),
+            ("[gateway]\nupstreams = [\"http://a:1\"]\nlisten = \"nowhere\"\n", "line 3", "listen"),
+            ("[gateway]\nupstream = [\"http://a:1\"]\n", "line 2", "unknown field"),
+        ];
+        for (text, line, words) in cases {
+            let err = format!("{:#}", parse(text).unwrap_err());
+            assert!(err.contains(line) && err.contains(words), "{text}\n{err}");
+        }
     }
 }
