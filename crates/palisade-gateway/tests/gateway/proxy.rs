@@ -46,6 +46,25 @@ async fn the_upstream_gets_the_request_with_forwarding_headers_of_its_own() {
 }
 
 #[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_client_is_believed() {
+    let upstream = Upstream::start().await;
+    let mut options = options(&upstream);
+    options.client_ip.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    let gateway = TestGateway::start(options).await;
+    let mut request = get("/");
+    request
+        .headers_mut()
+        .insert("x-forwarded-for", "6.6.6.6, 203.0.113.5".parse().unwrap());
+    gateway.send(request).await;
+    let got = &upstream.received()[0];
+    assert_eq!(got.headers["x-forwarded-for"], "203.0.113.5");
+    assert_eq!(
+        got.headers["forwarded"],
+        "for=203.0.113.5;proto=https;host=\"localhost\""
+    );
+}
+
+#[tokio::test]
 async fn host_is_rewritten_to_the_upstream_when_configured() {
     let upstream = Upstream::start().await;
     let mut options = options(&upstream);
