@@ -469,7 +469,10 @@ impl Config {
                     }
                     _ => None,
                 };
-                (line.or_else(|| line_of(text, "gateway", 0, "")), format!("[gateway] {err}"))
+                (
+                    line.or_else(|| line_of(text, "gateway", 0, "")),
+                    format!("[gateway] {err}"),
+                )
             })?;
         }
         Ok(())
@@ -863,7 +866,11 @@ mod tests {
         let gateway = config.gateway.unwrap();
         assert_eq!(gateway.hosts, ["shop.example"]);
         let cert = &gateway.tls.certificates[0].cert;
-        assert!(cert.is_absolute() && cert.ends_with("tls/cert.pem"), "{}", cert.display());
+        assert!(
+            cert.is_absolute() && cert.ends_with("tls/cert.pem"),
+            "{}",
+            cert.display()
+        );
         let cases = [
             ("[gateway]\nupstreams = []\n", "line 2", "no upstream"),
             (
@@ -881,8 +888,16 @@ mod tests {
                 "line 4",
                 "contact",
             ),
-            ("[gateway]\nupstreams = [\"http://a:1\"]\nlisten = \"nowhere\"\n", "line 3", "listen"),
-            ("[gateway]\nupstream = [\"http://a:1\"]\n", "line 2", "unknown field"),
+            (
+                "[gateway]\nupstreams = [\"http://a:1\"]\nlisten = \"nowhere\"\n",
+                "line 3",
+                "listen",
+            ),
+            (
+                "[gateway]\nupstream = [\"http://a:1\"]\n",
+                "line 2",
+                "unknown field",
+            ),
         ];
         for (text, line, words) in cases {
             let err = format!("{:#}", parse(text).unwrap_err());

@@ -82,7 +82,11 @@ pub fn run(global: &Global, args: &GatewayArgs, config_required: bool) -> Result
     } else {
         None
     };
-    if let Some(warning) = options.security_txt.as_ref().and_then(|t| t.expiry_warning_now()) {
+    if let Some(warning) = options
+        .security_txt
+        .as_ref()
+        .and_then(|t| t.expiry_warning_now())
+    {
         log::warn!("{warning}");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -129,14 +133,21 @@ fn options(section: Option<GatewayOptions>, args: &GatewayArgs) -> Result<Gatewa
     Ok(options)
 }
 
-async fn serve(options: GatewayOptions, self_signed: Option<SelfSigned>, quiet: bool) -> Result<()> {
+async fn serve(
+    options: GatewayOptions,
+    self_signed: Option<SelfSigned>,
+    quiet: bool,
+) -> Result<()> {
     let gateway = Gateway::bind(options, self_signed).await?;
     if !quiet {
         let redirect = gateway
             .http_local_addr()
             .map(|addr| format!(", redirecting http://{addr}"))
             .unwrap_or_default();
-        eprintln!("palisade gateway: serving https://{}{redirect}", gateway.local_addr());
+        eprintln!(
+            "palisade gateway: serving https://{}{redirect}",
+            gateway.local_addr()
+        );
     }
     let reloader = gateway.reloader();
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -189,7 +200,11 @@ pub fn check(options: &GatewayOptions) -> Result<()> {
         palisade_gateway::tls::CertStore::new(sources, options.tls.profile)
             .context("[gateway.tls]")?;
     }
-    if let Some(warning) = options.security_txt.as_ref().and_then(|t| t.expiry_warning_now()) {
+    if let Some(warning) = options
+        .security_txt
+        .as_ref()
+        .and_then(|t| t.expiry_warning_now())
+    {
         eprintln!("palisade: warning: {warning}");
     }
     Ok(())
