@@ -7,7 +7,7 @@
 //! parser hyper uses) and skips each body by its framing, so it stays aligned with hyper's view
 //! of the stream. It pushes one verdict per head into a queue that the connection's service pops
 //! per request, in order. Whatever it cannot follow (an HTTP/2 preface, a malformed head or
-//! body, an upgrade) stops the watch: hyper then refuses or handles the bytes itself.
+//! body, a CONNECT tunnel) stops the watch: hyper then refuses or handles the bytes itself.
 
 use std::{
     collections::VecDeque,
@@ -172,7 +172,10 @@ fn judge(request: &httparse::Request<'_, '_>, head: &[u8]) -> (Option<&'static s
     };
     let has_length = named("content-length").next().is_some();
     let encodings: Vec<&[u8]> = named("transfer-encoding").collect();
-    let upgrade = named("upgrade").next().is_some() || request.method == Some("CONNECT");
+    // After a CONNECT the bytes are a tunnel. An `Upgrade` request is followed like any other:
+    // if the upstream refuses it the connection stays HTTP; if it accepts, hyper reads no more
+    // requests and verdicts on tunnel bytes are never claimed.
+    let tunnel = request.method == Some("CONNECT");
     let bare_lf = head
         .iter()
         .enumerate()
@@ -188,7 +191,7 @@ fn judge(request: &httparse::Request<'_, '_>, head: &[u8]) -> (Option<&'static s
     if bare_lf {
         return (Some("bare-line-feed"), State::Stopped);
     }
-    if upgrade {
+    if tunnel {
         return (None, State::Stopped);
     }
     let next = if !encodings.is_empty() {
@@ -326,6 +329,14 @@ mod tests {
         );
         let lf = b"GET / HTTP/1.1\nHost: a\n\n";
         assert_eq!(verdicts(lf, 2), [Some("bare-line-feed")]);
+    }
+
+    #[test]
+    fn a_refused_upgrade_is_followed_by_the_next_head() {
+        let stream = b"GET /ws HTTP/1.1\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\n\
+                       POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let rule = Some("content-length-with-transfer-encoding");
+        assert_eq!(verdicts(stream, 9), [None, rule]);
     }
 
     #[test]

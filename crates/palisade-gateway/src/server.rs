@@ -132,8 +132,44 @@ impl Gateway {
     /// to ten seconds to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let options = &self.options;
-        let builder = Arc::new(connection_builder(options));
+        let (https_service, http_service) = self.services()?;
+        let health = tokio::spawn(self.pool.clone().check_forever(
+            Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>(),
+            options.health_check.clone(),
+        ));
         let permits = Arc::new(Semaphore::new(options.limits.max_connections));
+        let listeners = Listeners {
+            builder: Arc::new(connection_builder(options)),
+            permits: permits.clone(),
+            header_read: options.timeouts.header_read,
+            idle: options.timeouts.idle,
+            max_head: options.limits.max_header_bytes,
+            max_headers: options.limits.max_headers,
+        };
+
+        let https = listeners.accept(self.https, Some(self.acceptor.clone()), https_service);
+        let http = async {
+            match self.http {
+                Some(listener) => listeners.accept(listener, None, http_service).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = https => {}
+            () = http => {}
+            () = shutdown => {}
+        }
+
+        health.abort();
+        let all = u32::try_from(options.limits.max_connections).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(DRAIN, permits.acquire_many(all)).await;
+        Ok(())
+    }
+
+    /// The layer stacks: HTTPS (headers, client address, security.txt, proxy) and plain HTTP
+    /// (headers, client address, redirect, with ACME challenges to the proxy).
+    fn services(&self) -> Result<(impl GatewayService, impl GatewayService), Error> {
+        let options = &self.options;
         let proxy = Proxy::new(
             self.pool.clone(),
             ProxyOptions {
@@ -151,51 +187,49 @@ impl Gateway {
             .map(SecurityTxtLayer::new)
             .transpose()
             .map_err(|err| bad(format!("security_txt.{}", err.setting), err.message))?;
-        let https_service = ServiceBuilder::new()
+        let https = ServiceBuilder::new()
             .layer(headers.clone())
             .layer(ClientIpLayer::new(options.client_ip.clone()))
             .option_layer(security_txt)
             .service(proxy.clone());
+
         let redirect = HttpsRedirectLayer::new(&HttpsRedirectOptions {
             hosts: options.hosts.clone(),
             https_port: self.local_addr().port(),
             acme_passthrough: true,
         });
-        let http_service = ServiceBuilder::new()
+        let http = ServiceBuilder::new()
             .layer(headers)
             .layer(ClientIpLayer::new(options.client_ip.clone()))
             .layer(redirect)
             .service(proxy);
-
-        let health = tokio::spawn(self.pool.clone().check_forever(
-            Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>(),
-            options.health_check.clone(),
-        ));
-        let listeners = Listeners {
-            builder,
-            permits: permits.clone(),
-            header_read: options.timeouts.header_read,
-            idle: options.timeouts.idle,
-            max_head: options.limits.max_header_bytes,
-            max_headers: options.limits.max_headers,
-        };
-        let https = listeners.accept(self.https, Some(self.acceptor.clone()), https_service);
-        let http = async {
-            match self.http {
-                Some(listener) => listeners.accept(listener, None, http_service).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = https => {}
-            () = http => {}
-            () = shutdown => {}
-        }
-        health.abort();
-        let all = u32::try_from(options.limits.max_connections).unwrap_or(u32::MAX);
-        let _ = tokio::time::timeout(DRAIN, permits.acquire_many(all)).await;
-        Ok(())
+        Ok((https, http))
     }
+}
+
+/// What a listener serves: a cloneable service from requests to streaming responses.
+trait GatewayService:
+    Service<
+        Request<Incoming>,
+        Response = Response<Body>,
+        Error: Into<BoxError>,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> GatewayService for S where
+    S: Service<
+            Request<Incoming>,
+            Response = Response<Body>,
+            Error: Into<BoxError>,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
 }
 
 fn bad(setting: String, message: String) -> Error {
@@ -237,12 +271,12 @@ struct Listeners {
 
 impl Listeners {
     /// Accepts connections forever, each once a connection permit is free.
-    async fn accept<S>(&self, listener: TcpListener, tls: Option<TlsAcceptor>, service: S)
-    where
-        S: Service<Request<Incoming>, Response = Response<Body>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-    {
+    async fn accept<S: GatewayService>(
+        &self,
+        listener: TcpListener,
+        tls: Option<TlsAcceptor>,
+        service: S,
+    ) {
         loop {
             let permit = self
                 .permits
@@ -295,9 +329,7 @@ impl Connection {
         handshake: Duration,
         service: S,
     ) where
-        S: Service<Request<Incoming>, Response = Response<Body>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
+        S: GatewayService,
     {
         let Some(acceptor) = tls else {
             return self.serve(stream, service).await;
@@ -316,9 +348,7 @@ impl Connection {
     async fn serve<I, S>(self, io: I, service: S)
     where
         I: AsyncRead + AsyncWrite + Send + 'static,
-        S: Service<Request<Incoming>, Response = Response<Body>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
+        S: GatewayService,
     {
         let peer = self.peer;
         let verdicts = Verdicts::default();

@@ -891,7 +891,7 @@ mod tests {
             (
                 "[gateway]\nupstreams = [\"http://a:1\"]\nlisten = \"nowhere\"\n",
                 "line 3",
-                "listen",
+                "socket address",
             ),
             (
                 "[gateway]\nupstream = [\"http://a:1\"]\n",

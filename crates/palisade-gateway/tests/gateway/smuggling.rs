@@ -186,3 +186,19 @@ async fn a_pipelined_request_is_forwarded_as_its_own_request() {
     let targets: Vec<String> = upstream.received().into_iter().map(|r| r.target).collect();
     assert_eq!(targets, ["/", "/second"]);
 }
+
+#[tokio::test]
+async fn ambiguous_framing_after_a_refused_upgrade_is_still_refused() {
+    let (upstream, gateway) = gateway().await;
+    let answer = gateway
+        .raw(
+            b"GET /no-upgrade HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n\
+              POST /second HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\n\
+              Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+        )
+        .await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("HTTP/1.1 400"), "{answer}");
+    let targets: Vec<String> = upstream.received().into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/no-upgrade"]);
+}
