@@ -82,6 +82,51 @@ async fn rejections_carry_the_security_headers_too() {
 }
 
 #[tokio::test]
+async fn rejections_are_json_for_clients_that_prefer_it() {
+    let upstream = Upstream::start().await;
+    let mut options = options(&upstream);
+    options.hosts = vec!["localhost".into()];
+    let gateway = TestGateway::start(options).await;
+    let mut forged = get("/api/orders");
+    forged
+        .headers_mut()
+        .insert("host", "evil.example".parse().unwrap());
+    forged
+        .headers_mut()
+        .insert("accept", "application/json".parse().unwrap());
+    let (response, body) = gateway.send(forged).await;
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(value["error"]["status"], 421);
+    assert_eq!(value["error"]["kind"], "unknown_host");
+}
+
+#[tokio::test]
+async fn http2_responses_are_hardened_and_bodies_forwarded() {
+    let upstream = Upstream::start().await;
+    let gateway = TestGateway::start(options(&upstream)).await;
+    let output = gateway
+        .curl(&[
+            "--http2",
+            "--include",
+            "--data-binary",
+            "h2 body",
+            &gateway.url("/form"),
+        ])
+        .await;
+    let text = String::from_utf8_lossy(&output.stdout).to_ascii_lowercase();
+    assert!(text.starts_with("http/2 200"), "{text}");
+    assert!(
+        text.contains("strict-transport-security: max-age=63072000"),
+        "{text}"
+    );
+    assert!(!text.contains("\nserver:"), "{text}");
+    let received = upstream.received();
+    assert_eq!(received[0].body, "h2 body");
+    assert_eq!(received[0].method, "POST");
+}
+
+#[tokio::test]
 async fn upstream_cookies_are_hardened() {
     let upstream = Upstream::start().await;
     let gateway = TestGateway::start(options(&upstream)).await;

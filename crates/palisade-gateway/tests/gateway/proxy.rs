@@ -115,6 +115,31 @@ async fn an_upstream_that_is_down_is_skipped() {
 }
 
 #[tokio::test]
+async fn the_health_check_brings_an_upstream_back() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut options = palisade_gateway::GatewayOptions::new(format!("http://{addr}"));
+    options.listen = "127.0.0.1:0".parse().unwrap();
+    options.health_check.interval = Duration::from_millis(100);
+    let gateway = TestGateway::start(options).await;
+    let status = gateway.send(get("/")).await.0.status();
+    assert!(status.is_server_error(), "{status}");
+
+    let upstream = Upstream::start_on(addr).await;
+    let start = std::time::Instant::now();
+    while gateway.send(get("/")).await.0.status() != StatusCode::OK {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the upstream stayed marked down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!upstream.received().is_empty());
+}
+
+#[tokio::test]
 async fn no_upstream_up_is_a_503_page() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
