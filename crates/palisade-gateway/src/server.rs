@@ -14,7 +14,7 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use palisade_guard::{
-    Body, BoxError, ClientIpLayer, HttpsRedirectLayer, HttpsRedirectOptions, Peer,
+    Body, BoxError, ClientIpLayer, HttpsRedirectLayer, HttpsRedirectOptions, Peer, RejectionKind,
     SecurityHeadersLayer, SecurityTxtLayer,
 };
 use tokio::{
@@ -207,6 +207,23 @@ impl Gateway {
     }
 }
 
+/// The refusal hyper made itself, before any request reached the services: it answers parse
+/// errors with 400 or 431 and closes connections whose headers are too slow.
+fn hyper_refusal(
+    err: &(dyn std::error::Error + 'static),
+) -> Option<(RejectionKind, &'static str, &'static str)> {
+    let err = err.downcast_ref::<hyper::Error>()?;
+    if err.is_timeout() {
+        Some((RejectionKind::SlowHeaders, "header-read-timeout", "close"))
+    } else if err.is_parse_too_large() {
+        Some((RejectionKind::HeadersTooLarge, "max-header-bytes", "reject"))
+    } else if err.is_parse() {
+        Some((RejectionKind::Malformed, "http-parse-error", "reject"))
+    } else {
+        None
+    }
+}
+
 /// What a listener serves: a cloneable service from requests to streaming responses.
 trait GatewayService:
     Service<
@@ -370,8 +387,14 @@ impl Connection {
             .builder
             .serve_connection_with_upgrades(io, TowerToHyperService::new(service))
             .await;
-        if let Err(err) = served {
-            tracing::debug!(target: "palisade::gateway", peer = %peer.addr, error = %err, "connection ended with an error");
+        let Err(err) = served else { return };
+        match hyper_refusal(err.as_ref()) {
+            Some((kind, rule, action)) => {
+                palisade_guard::reject::record(kind, rule, Some(peer.addr.ip()), "", action);
+            }
+            None => {
+                tracing::debug!(target: "palisade::gateway", peer = %peer.addr, error = %err, "connection ended with an error");
+            }
         }
     }
 }

@@ -26,6 +26,10 @@ pub enum RejectionKind {
     UriTooLong,
     /// A body larger than the limit.
     BodyTooLarge,
+    /// A request line and headers larger than the limit, or too many headers.
+    HeadersTooLarge,
+    /// Headers that did not arrive within the header read timeout (slowloris).
+    SlowHeaders,
 }
 
 impl RejectionKind {
@@ -37,15 +41,20 @@ impl RejectionKind {
             Self::UnknownHost => "unknown_host",
             Self::UriTooLong => "uri_too_long",
             Self::BodyTooLarge => "body_too_large",
+            Self::HeadersTooLarge => "headers_too_large",
+            Self::SlowHeaders => "slow_headers",
         }
     }
 
-    fn status(self) -> StatusCode {
+    /// The status a response for this kind has.
+    pub fn status(self) -> StatusCode {
         match self {
             Self::AmbiguousFraming | Self::Malformed => StatusCode::BAD_REQUEST,
             Self::UnknownHost => StatusCode::MISDIRECTED_REQUEST,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::SlowHeaders => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -56,6 +65,8 @@ impl RejectionKind {
             Self::UnknownHost => "This server does not answer for the host name requested.",
             Self::UriTooLong => "The requested address is too long.",
             Self::BodyTooLarge => "The request body is too large.",
+            Self::HeadersTooLarge => "The request headers are too large.",
+            Self::SlowHeaders => "The request headers took too long to arrive.",
         }
     }
 }
@@ -87,15 +98,13 @@ impl Rejection {
         headers: &HeaderMap,
         extensions: &Extensions,
     ) -> Response<B> {
-        let client = client_of(extensions);
-        tracing::warn!(
-            target: SECURITY_TARGET,
-            kind = self.kind.as_str(),
-            client = client.map(|ip| ip.to_string()).unwrap_or_default(),
-            route = route_of(uri),
-            rule = self.rule,
-            action = "reject",
-            status = self.kind.status().as_u16(),
+        let route = route_of(uri);
+        record(
+            self.kind,
+            self.rule,
+            client_of(extensions),
+            &route,
+            "reject",
         );
         error_page(
             self.kind.status(),
@@ -104,6 +113,27 @@ impl Rejection {
             headers,
         )
     }
+}
+
+/// Emits the security event of one refusal: the only place such events are made. `action` is
+/// `reject` when a response went out, `close` when the connection was closed instead (a
+/// client too slow to send its headers).
+pub fn record(
+    kind: RejectionKind,
+    rule: &str,
+    client: Option<IpAddr>,
+    route: &str,
+    action: &'static str,
+) {
+    tracing::warn!(
+        target: SECURITY_TARGET,
+        kind = kind.as_str(),
+        client = client.map(|ip| ip.to_string()).unwrap_or_default(),
+        route,
+        rule,
+        action,
+        status = kind.status().as_u16(),
+    );
 }
 
 /// A page for `status` (a rejection's, or a gateway error such as 502), as HTML or JSON by the
