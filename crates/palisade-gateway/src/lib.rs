@@ -4,6 +4,7 @@
 //! The gateway takes typed [`GatewayOptions`] and never reads the environment or a config
 //! file; `docs/gateway.md` describes what it does and why.
 
+mod body_timeout;
 mod framing;
 mod idle;
 pub mod options;

@@ -132,6 +132,9 @@ pub struct Timeouts {
     /// TLS handshake and request headers (slowloris).
     #[serde(deserialize_with = "duration")]
     pub header_read: Duration,
+    /// The longest wait for the next bytes of a request body (408 when it passes).
+    #[serde(deserialize_with = "duration")]
+    pub body_read: Duration,
     /// Connecting to an upstream.
     #[serde(deserialize_with = "duration")]
     pub upstream_connect: Duration,
@@ -147,6 +150,7 @@ impl Default for Timeouts {
     fn default() -> Self {
         Self {
             header_read: Duration::from_secs(10),
+            body_read: Duration::from_secs(30),
             upstream_connect: Duration::from_secs(5),
             upstream_response: Duration::from_secs(60),
             idle: Duration::from_secs(60),
@@ -258,6 +262,7 @@ impl GatewayOptions {
         }
         let zero = [
             ("timeouts.header_read", self.timeouts.header_read),
+            ("timeouts.body_read", self.timeouts.body_read),
             ("timeouts.upstream_connect", self.timeouts.upstream_connect),
             (
                 "timeouts.upstream_response",

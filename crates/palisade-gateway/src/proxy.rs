@@ -26,6 +26,7 @@ use palisade_guard::{
 use tower::Service;
 
 use crate::{
+    body_timeout::{BodyReadTimeout, BodyTimeout},
     options::{HostHeader, Limits, Timeouts},
     strict,
     upstream::{Pool, Upstream},
@@ -248,7 +249,8 @@ impl Shared {
             .expect("an upstream authority and a parsed target form a URI");
         parts.version = Version::HTTP_11;
         let limit = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
-        Request::from_parts(parts, Body::new(Limited::new(body, limit)))
+        let body = BodyTimeout::new(Limited::new(body, limit), self.timeouts.body_read);
+        Request::from_parts(parts, Body::new(body))
     }
 
     fn failed(
@@ -257,11 +259,13 @@ impl Shared {
         upstream: &Upstream,
         err: &hyper_util::client::legacy::Error,
     ) -> Response<Body> {
-        if caused_by_body_limit(err) {
-            return asked.reject(Rejection::new(
-                RejectionKind::BodyTooLarge,
-                "max-body-bytes",
-            ));
+        if caused_by::<http_body_util::LengthLimitError>(err) {
+            let rejection = Rejection::new(RejectionKind::BodyTooLarge, "max-body-bytes");
+            return asked.reject(rejection);
+        }
+        if caused_by::<BodyReadTimeout>(err) {
+            let rejection = Rejection::new(RejectionKind::SlowBody, "body-read-timeout");
+            return asked.reject(rejection);
         }
         if err.is_connect() {
             upstream.mark(false);
@@ -390,10 +394,11 @@ fn set_forwarding(
     );
 }
 
-fn caused_by_body_limit(err: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether `err` or one of its sources is an `E`.
+fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(err);
     while let Some(err) = cause {
-        if err.is::<http_body_util::LengthLimitError>() {
+        if err.is::<E>() {
             return true;
         }
         cause = err.source();

@@ -208,13 +208,20 @@ fn pem_error(what: &str, err: rustls_pki_types::pem::Error) -> Error {
     }
 }
 
-/// A self-signed certificate and its key, as PEM; for development only.
+/// A self-signed certificate and its key, as PEM; for development only. The key's text is
+/// wiped from memory when this is dropped.
 #[derive(Clone)]
 pub struct SelfSigned {
     /// The certificate.
     pub cert_pem: String,
     /// The private key (PKCS#8).
     pub key_pem: String,
+}
+
+impl Drop for SelfSigned {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key_pem);
+    }
 }
 
 impl std::fmt::Debug for SelfSigned {

@@ -30,6 +30,8 @@ pub enum RejectionKind {
     HeadersTooLarge,
     /// Headers that did not arrive within the header read timeout (slowloris).
     SlowHeaders,
+    /// A body whose next bytes did not arrive within the body read timeout.
+    SlowBody,
 }
 
 impl RejectionKind {
@@ -43,6 +45,7 @@ impl RejectionKind {
             Self::BodyTooLarge => "body_too_large",
             Self::HeadersTooLarge => "headers_too_large",
             Self::SlowHeaders => "slow_headers",
+            Self::SlowBody => "slow_body",
         }
     }
 
@@ -54,7 +57,7 @@ impl RejectionKind {
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::SlowHeaders => StatusCode::REQUEST_TIMEOUT,
+            Self::SlowHeaders | Self::SlowBody => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -67,6 +70,7 @@ impl RejectionKind {
             Self::BodyTooLarge => "The request body is too large.",
             Self::HeadersTooLarge => "The request headers are too large.",
             Self::SlowHeaders => "The request headers took too long to arrive.",
+            Self::SlowBody => "The request body took too long to arrive.",
         }
     }
 }

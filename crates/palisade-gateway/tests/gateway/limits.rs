@@ -86,6 +86,22 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
 }
 
 #[tokio::test]
+async fn a_body_that_trickles_is_a_408() {
+    let upstream = Upstream::start().await;
+    let mut options = options(&upstream);
+    options.timeouts.body_read = Duration::from_millis(300);
+    let gateway = TestGateway::start(options).await;
+    let mut stream = gateway.tls().await;
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\nConnection: close\r\n\r\nabc")
+        .await
+        .unwrap();
+    let answer = read_all(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(upstream.received().is_empty(), "{:?}", upstream.received());
+}
+
+#[tokio::test]
 async fn an_idle_connection_is_closed() {
     let upstream = Upstream::start().await;
     let mut options = options(&upstream);
