@@ -89,6 +89,7 @@ fn quick_start_serves_hardened_https_with_a_self_signed_certificate() {
             "--listen",
             &format!("127.0.0.1:{port}"),
         ])
+        .args(["--host", "localhost", "--host", "127.0.0.1"])
         .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
         .spawn()
         .unwrap();
@@ -115,6 +116,19 @@ fn quick_start_serves_hardened_https_with_a_self_signed_certificate() {
     );
     let written = std::fs::read_to_string(&log).unwrap();
     assert!(written.contains("self-signed"), "{written}");
+
+    // A refused request is a response, and its security event reaches the log.
+    let forged = curl(port, &["--http1.1", "--header", "Host: evil.example"]);
+    let text = String::from_utf8_lossy(&forged.stdout);
+    assert!(
+        text.starts_with("HTTP/1.1 421") || text.starts_with("HTTP/2 421"),
+        "{text}"
+    );
+    wait_until("the security event in the log", || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("unknown_host")
+    });
 
     // SIGHUP keeps it running; SIGTERM stops it with success.
     let pid = running.0.id().to_string();
