@@ -7,7 +7,7 @@
 //! parser hyper uses) and skips each body by its framing, so it stays aligned with hyper's view
 //! of the stream. It pushes one verdict per head into a queue that the connection's service pops
 //! per request, in order. Whatever it cannot follow (an HTTP/2 preface, a malformed head or
-//! body, a CONNECT tunnel) stops the watch: hyper then refuses or handles the bytes itself.
+//! body) stops the watch: hyper then refuses or handles the bytes itself.
 
 use std::{
     collections::VecDeque,
@@ -172,10 +172,9 @@ fn judge(request: &httparse::Request<'_, '_>, head: &[u8]) -> (Option<&'static s
     };
     let has_length = named("content-length").next().is_some();
     let encodings: Vec<&[u8]> = named("transfer-encoding").collect();
-    // After a CONNECT the bytes are a tunnel. An `Upgrade` request is followed like any other:
-    // if the upstream refuses it the connection stays HTTP; if it accepts, hyper reads no more
-    // requests and verdicts on tunnel bytes are never claimed.
-    let tunnel = request.method == Some("CONNECT");
+    // An `Upgrade` or CONNECT request is followed like any other: refused, the connection stays
+    // HTTP; accepted (an upgrade after the upstream's 101), hyper reads no more requests and
+    // verdicts on tunnel bytes are never claimed.
     let bare_lf = head
         .iter()
         .enumerate()
@@ -190,9 +189,6 @@ fn judge(request: &httparse::Request<'_, '_>, head: &[u8]) -> (Option<&'static s
     }
     if bare_lf {
         return (Some("bare-line-feed"), State::Stopped);
-    }
-    if tunnel {
-        return (None, State::Stopped);
     }
     let next = if !encodings.is_empty() {
         State::ChunkSize(Vec::new())

@@ -246,7 +246,7 @@ impl Shared {
         let authority = upstream.uri.authority().map_or("", |a| a.as_str());
         parts.uri = format!("http://{authority}{target}")
             .parse()
-            .expect("an upstream authority and a parsed target form a URI");
+            .expect("a checked authority and a target starting with / form a URI");
         parts.version = Version::HTTP_11;
         let limit = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
         let body = BodyTimeout::new(Limited::new(body, limit), self.timeouts.body_read);

@@ -18,6 +18,13 @@ pub fn check<B>(req: &Request<B>, limits: &Limits) -> Result<(), Rejection> {
         return Err(Rejection::new(RejectionKind::AmbiguousFraming, rule));
     }
     check_framing(req.headers())?;
+    // `OPTIONS *` and CONNECT's `host:port` name no resource of the application.
+    if !req.uri().path().starts_with('/') {
+        return Err(Rejection::new(
+            RejectionKind::Malformed,
+            "target-not-a-path",
+        ));
+    }
     let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if target > limits.max_uri_bytes {
         return Err(Rejection::new(RejectionKind::UriTooLong, "max-uri-bytes"));
@@ -103,6 +110,17 @@ mod tests {
                 "{cl}"
             );
         }
+    }
+
+    #[test]
+    fn only_paths_are_forwarded() {
+        for target in ["*", "example.com:443"] {
+            let req = Request::options(target).body(()).unwrap();
+            let rule = check(&req, &Limits::default()).err().map(|r| r.rule);
+            assert_eq!(rule, Some("target-not-a-path"), "{target}");
+        }
+        let absolute = Request::get("http://example.com/a?b").body(()).unwrap();
+        assert!(check(&absolute, &Limits::default()).is_ok());
     }
 
     #[test]

@@ -86,9 +86,9 @@ fn x_forwarded_for(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
     headers
         .get_all("x-forwarded-for")
         .iter()
-        .flat_map(|value| {
-            let text = value.to_str().unwrap_or("\u{0}");
-            text.split(',').map(parse_hop).collect::<Vec<_>>()
+        .flat_map(|value| match value.to_str() {
+            Ok(text) => text.split(',').map(parse_hop).collect(),
+            Err(_) => vec![None],
         })
         .collect()
 }

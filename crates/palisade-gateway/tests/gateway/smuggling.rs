@@ -202,3 +202,32 @@ async fn ambiguous_framing_after_a_refused_upgrade_is_still_refused() {
     let targets: Vec<String> = upstream.received().into_iter().map(|r| r.target).collect();
     assert_eq!(targets, ["/no-upgrade"]);
 }
+
+#[tokio::test]
+async fn targets_that_are_not_paths_are_refused() {
+    let (upstream, gateway) = gateway().await;
+    for request in [
+        "OPTIONS * HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        "CONNECT localhost:443 HTTP/1.1\r\nHost: localhost:443\r\nConnection: close\r\n\r\n",
+    ] {
+        let answer = gateway.raw(request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{request:?}: {answer}");
+    }
+    assert!(upstream.received().is_empty(), "{:?}", upstream.received());
+}
+
+#[tokio::test]
+async fn ambiguous_framing_after_a_refused_connect_is_still_refused() {
+    let (upstream, gateway) = gateway().await;
+    let answer = gateway
+        .raw(
+            b"CONNECT localhost:443 HTTP/1.1\r\nHost: localhost:443\r\n\r\n\
+              POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\n\
+              Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+        )
+        .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 400").count(), 2, "{answer}");
+    assert!(!answer.contains("200 OK"), "{answer}");
+    assert!(upstream.received().is_empty(), "{:?}", upstream.received());
+}
