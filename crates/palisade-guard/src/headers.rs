@@ -88,6 +88,9 @@ pub struct SecurityHeadersOptions {
     pub cross_origin_resource_policy: String,
     /// `Cross-Origin-Embedder-Policy`, off by default as it breaks most cross-origin embeds.
     pub cross_origin_embedder_policy: Option<String>,
+    /// `Content-Security-Policy` for responses whose upstream sets none; `frame-ancestors` is
+    /// added when the policy lacks it. Without one, such responses get only `frame-ancestors`.
+    pub content_security_policy: Option<String>,
     /// Cookie hardening.
     pub cookies: CookieOptions,
 }
@@ -106,6 +109,7 @@ impl Default for SecurityHeadersOptions {
             cross_origin_opener_policy: "same-origin".into(),
             cross_origin_resource_policy: "same-origin".into(),
             cross_origin_embedder_policy: None,
+            content_security_policy: None,
             cookies: CookieOptions::default(),
         }
     }
@@ -192,7 +196,15 @@ impl SecurityHeadersOptions {
                 value("cross_origin_embedder_policy", coep)?,
             ));
         }
+        let csp = match &self.content_security_policy {
+            Some(policy) => {
+                value("content_security_policy", policy)?;
+                with_frame_ancestors(policy, ancestors)
+            }
+            None => ancestors.to_string(),
+        };
         Ok(Prepared {
+            csp: value("content_security_policy", &csp)?,
             hsts: value("hsts_max_age", &hsts)?,
             frame_options: HeaderValue::from_static(frame),
             frame_ancestors: ancestors,
@@ -204,6 +216,7 @@ impl SecurityHeadersOptions {
 
 #[derive(Debug)]
 struct Prepared {
+    csp: HeaderValue,
     hsts: HeaderValue,
     frame_options: HeaderValue,
     frame_ancestors: &'static str,
@@ -232,19 +245,14 @@ impl Prepared {
         self.harden_cookies(headers);
     }
 
-    /// CSP `frame-ancestors`: the upstream's own when it has one, ours otherwise.
+    /// The upstream's CSP with `frame-ancestors` added when it lacks one; ours without one.
     fn add_frame_ancestors(&self, headers: &mut HeaderMap) {
         let csp = header::CONTENT_SECURITY_POLICY;
-        let existing = headers.get(&csp).and_then(|v| v.to_str().ok());
-        let value = match existing {
-            None => self.frame_ancestors.to_string(),
-            Some(policy) if policy.to_ascii_lowercase().contains("frame-ancestors") => return,
-            Some(policy) => format!(
-                "{}; {}",
-                policy.trim_end_matches([';', ' ']),
-                self.frame_ancestors
-            ),
+        let Some(policy) = headers.get(&csp).and_then(|v| v.to_str().ok()) else {
+            headers.insert(csp, self.csp.clone());
+            return;
         };
+        let value = with_frame_ancestors(policy, self.frame_ancestors);
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(csp, value);
         }
@@ -269,6 +277,17 @@ impl Prepared {
                 .unwrap_or(cookie);
             headers.append(header::SET_COOKIE, hardened);
         }
+    }
+}
+
+/// `policy`, with `ancestors` appended unless it has a `frame-ancestors` directive.
+fn with_frame_ancestors(policy: &str, ancestors: &str) -> String {
+    let has = policy
+        .split(';')
+        .any(|d| d.trim().to_ascii_lowercase().starts_with("frame-ancestors"));
+    match has {
+        true => policy.to_string(),
+        false => format!("{}; {ancestors}", policy.trim_end_matches([';', ' '])),
     }
 }
 
@@ -433,6 +452,27 @@ mod tests {
             headers[header::CONTENT_SECURITY_POLICY],
             "default-src 'self'; frame-ancestors 'none'"
         );
+    }
+
+    #[test]
+    fn a_configured_policy_applies_where_the_upstream_has_none() {
+        let options = SecurityHeadersOptions {
+            content_security_policy: Some("default-src 'self'".into()),
+            ..Default::default()
+        };
+        let prepared = options.prepare().unwrap();
+        let mut headers = HeaderMap::new();
+        prepared.apply(&mut headers, true);
+        let expected = "default-src 'self'; frame-ancestors 'none'";
+        assert_eq!(headers[header::CONTENT_SECURITY_POLICY], expected);
+        let mut own = HeaderMap::new();
+        let upstream = "script-src 'none'; frame-ancestors 'self'";
+        own.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(upstream),
+        );
+        prepared.apply(&mut own, true);
+        assert_eq!(own[header::CONTENT_SECURITY_POLICY], upstream);
     }
 
     #[test]
