@@ -75,16 +75,31 @@ pub enum TlsProfile {
 }
 
 /// Certificates and protocol versions.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct TlsOptions {
     /// Versions and suites.
-    #[serde(default)]
     pub profile: TlsProfile,
     /// Certificate chains with their keys; the one whose names match the client's SNI is used,
     /// the first when none does. Reread on [`crate::CertReloader::reload`].
-    #[serde(default)]
     pub certificates: Vec<CertificateFiles>,
+    /// Reread the certificates when one of their files changes (checked every
+    /// `watch_interval`).
+    pub watch: bool,
+    /// How often the files are checked for changes.
+    #[serde(deserialize_with = "duration")]
+    pub watch_interval: Duration,
+}
+
+impl Default for TlsOptions {
+    fn default() -> Self {
+        Self {
+            profile: TlsProfile::default(),
+            certificates: Vec::new(),
+            watch: true,
+            watch_interval: Duration::from_secs(5),
+        }
+    }
 }
 
 /// One certificate chain and its private key, as PEM files.
@@ -271,6 +286,7 @@ impl GatewayOptions {
             ("timeouts.idle", self.timeouts.idle),
             ("health_check.interval", self.health_check.interval),
             ("health_check.timeout", self.health_check.timeout),
+            ("tls.watch_interval", self.tls.watch_interval),
         ];
         if let Some((setting, _)) = zero.iter().find(|(_, d)| d.is_zero()) {
             return Err(bad(setting, "must be longer than zero"));

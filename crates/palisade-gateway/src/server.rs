@@ -133,6 +133,10 @@ impl Gateway {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let options = &self.options;
         let (https_service, http_service) = self.services()?;
+        let watch = options
+            .tls
+            .watch
+            .then(|| tokio::spawn(self.certs.clone().watch(options.tls.watch_interval)));
         let health = tokio::spawn(self.pool.clone().check_forever(
             Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>(),
             options.health_check.clone(),
@@ -161,6 +165,7 @@ impl Gateway {
         }
 
         health.abort();
+        watch.inspect(|task| task.abort());
         let all = u32::try_from(options.limits.max_connections).unwrap_or(u32::MAX);
         let _ = tokio::time::timeout(DRAIN, permits.acquire_many(all)).await;
         Ok(())

@@ -94,7 +94,12 @@ pub struct CertStore {
     sources: Vec<CertSource>,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<Vec<Arc<CertifiedKey>>>>,
+    /// The files' stamps as they were before the certificates in use were read.
+    loaded: std::sync::Mutex<Vec<Stamp>>,
 }
+
+/// A file's inode, modification time and length, or `None` when it cannot be read.
+type Stamp = Option<(u64, std::time::SystemTime, u64)>;
 
 impl CertStore {
     /// Loads every source; any failure is an error.
@@ -103,21 +108,52 @@ impl CertStore {
             return Err(Error::NoCertificate);
         }
         let provider = Arc::new(provider(profile));
+        let stamps = file_stamps(&sources);
         let loaded = load_all(&sources, &provider)?;
         Ok(Self {
             sources,
             provider,
             current: RwLock::new(Arc::new(loaded)),
+            loaded: std::sync::Mutex::new(stamps),
         })
     }
 
     /// Rereads every source; on any failure the certificates in use stay and the error is
     /// returned. Gives the number of certificates loaded.
     pub fn reload(&self) -> Result<usize, Error> {
+        let stamps = file_stamps(&self.sources);
         let loaded = load_all(&self.sources, &self.provider)?;
         let count = loaded.len();
         *self.current.write().expect("certificate lock poisoned") = Arc::new(loaded);
+        *self.loaded.lock().expect("stamp lock poisoned") = stamps;
         Ok(count)
+    }
+
+    /// Rereads the certificates whenever their files change, checking every `interval`. A
+    /// change that does not load (a key written before its certificate, say) is tried again at
+    /// the next check; the certificates in use stay until one loads.
+    pub async fn watch(self: Arc<Self>, interval: std::time::Duration) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reported = None;
+        loop {
+            ticks.tick().await;
+            let stamps = file_stamps(&self.sources);
+            if stamps == *self.loaded.lock().expect("stamp lock poisoned") {
+                continue;
+            }
+            match self.reload() {
+                Ok(count) => {
+                    tracing::info!(target: "palisade::gateway", count, "certificate files changed; reloaded");
+                }
+                // Once per state of the files, not at every check.
+                Err(err) if reported.as_ref() != Some(&stamps) => {
+                    tracing::warn!(target: "palisade::gateway", error = %err, "certificate files changed but do not load; the ones in use stay");
+                    reported = Some(stamps);
+                }
+                Err(_) => {}
+            }
+        }
     }
 
     fn current(&self) -> Arc<Vec<Arc<CertifiedKey>>> {
@@ -144,6 +180,25 @@ impl ResolvesServerCert for CertStore {
         });
         matching.or_else(|| certs.first()).cloned()
     }
+}
+
+/// The stamp of every certificate and key file: a file replaced by a rename (or a symlink
+/// pointed elsewhere, as certbot does) is a new inode even when written within the file
+/// system's timestamp granularity.
+fn file_stamps(sources: &[CertSource]) -> Vec<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let stamp = |path: &Path| {
+        let meta = std::fs::metadata(path).ok()?;
+        Some((meta.ino(), meta.modified().ok()?, meta.len()))
+    };
+    sources
+        .iter()
+        .filter_map(|source| match source {
+            CertSource::Files(files) => Some([stamp(&files.cert), stamp(&files.key)]),
+            CertSource::Pem(_) => None,
+        })
+        .flatten()
+        .collect()
 }
 
 fn load_all(

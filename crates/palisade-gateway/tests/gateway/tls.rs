@@ -179,6 +179,95 @@ async fn a_reload_swaps_certificates_and_keeps_open_connections() {
 }
 
 #[tokio::test]
+async fn changed_certificate_files_are_picked_up_without_a_signal() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = certificate(dir.path(), "localhost");
+    let mut options = options(&upstream);
+    options.tls.certificates = vec![first.clone()];
+    options.tls.watch_interval = Duration::from_millis(100);
+    let gateway = TestGateway::start(options).await;
+    let old_ca = dir.path().join("old-cert.pem");
+    std::fs::copy(&first.cert, &old_ca).unwrap();
+
+    let renewed = SelfSigned::generate(&["localhost".into()]).unwrap();
+    let files = renewed.write(&dir.path().join("renewed")).unwrap();
+    std::fs::rename(&files.key, &first.key).unwrap();
+    std::fs::rename(&files.cert, &first.cert).unwrap();
+
+    // Within a few checks, new handshakes present the renewed certificate.
+    let start = std::time::Instant::now();
+    loop {
+        let presented = presented_certificate(gateway.addr).await;
+        if presented == std::fs::read(&first.cert).map(|pem| der_of(&pem)).unwrap() {
+            break;
+        }
+        assert_eq!(presented, der_of(&std::fs::read(&old_ca).unwrap()));
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the renewed files were not loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn der_of(pem: &[u8]) -> Vec<u8> {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    CertificateDer::from_pem_slice(pem).unwrap().to_vec()
+}
+
+/// The leaf certificate the gateway presents, read without verifying it.
+async fn presented_certificate(addr: std::net::SocketAddr) -> Vec<u8> {
+    #[derive(Debug)]
+    struct AcceptAny(std::sync::Arc<rustls::crypto::CryptoProvider>);
+    impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+        fn verify_server_cert(
+            &self,
+            _: &rustls_pki_types::CertificateDer<'_>,
+            _: &[rustls_pki_types::CertificateDer<'_>],
+            _: &rustls_pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls_pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls_pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            let algorithms = &self.0.signature_verification_algorithms;
+            rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls_pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            let algorithms = &self.0.signature_verification_algorithms;
+            rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, stream).await.unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test]
 async fn a_failed_reload_keeps_the_certificates_in_use() {
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
