@@ -110,6 +110,10 @@ pub struct CertificateFiles {
     pub cert: PathBuf,
     /// The private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// A DER OCSP response for the certificate, stapled to every handshake (renew it before it
+    /// expires; it is reread with the certificate).
+    #[serde(default)]
+    pub ocsp: Option<PathBuf>,
 }
 
 /// Size and count limits; each refusal is a response (413, 414, 431, 400).

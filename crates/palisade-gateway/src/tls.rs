@@ -194,9 +194,13 @@ fn file_stamps(sources: &[CertSource]) -> Vec<Stamp> {
     sources
         .iter()
         .filter_map(|source| match source {
-            CertSource::Files(files) => Some([stamp(&files.cert), stamp(&files.key)]),
+            CertSource::Files(files) => {
+                let ocsp = files.ocsp.as_deref().map(stamp);
+                Some([Some(stamp(&files.cert)), Some(stamp(&files.key)), ocsp])
+            }
             CertSource::Pem(_) => None,
         })
+        .flatten()
         .flatten()
         .collect()
 }
@@ -212,7 +216,7 @@ fn load_all(
 }
 
 fn load(source: &CertSource, provider: &CryptoProvider) -> Result<CertifiedKey, Error> {
-    let (certs, key, path) = match source {
+    let (certs, key, path, ocsp) = match source {
         CertSource::Files(files) => {
             let certs = read_certs(&files.cert)?;
             let key =
@@ -220,7 +224,8 @@ fn load(source: &CertSource, provider: &CryptoProvider) -> Result<CertifiedKey, 
                     path: files.key.clone(),
                     message: format!("cannot read a PEM private key: {err}"),
                 })?;
-            (certs, key, files.cert.clone())
+            let ocsp = files.ocsp.as_deref().map(read_ocsp).transpose()?;
+            (certs, key, files.cert.clone(), ocsp)
         }
         CertSource::Pem(pem) => {
             let certs = CertificateDer::pem_slice_iter(pem.cert_pem.as_bytes())
@@ -228,15 +233,33 @@ fn load(source: &CertSource, provider: &CryptoProvider) -> Result<CertifiedKey, 
                 .map_err(|err| pem_error("self-signed certificate", err))?;
             let key = PrivateKeyDer::from_pem_slice(pem.key_pem.as_bytes())
                 .map_err(|err| pem_error("self-signed key", err))?;
-            (certs, key, PathBuf::from("(self-signed)"))
+            (certs, key, PathBuf::from("(self-signed)"), None)
         }
     };
-    CertifiedKey::from_der(certs, key, provider).map_err(|err| Error::Certificate {
-        path,
-        message: format!(
-            "the key does not fit the certificate, or is of an unsupported type: {err}"
-        ),
-    })
+    let mut certified =
+        CertifiedKey::from_der(certs, key, provider).map_err(|err| Error::Certificate {
+            path,
+            message: format!(
+                "the key does not fit the certificate, or is of an unsupported type: {err}"
+            ),
+        })?;
+    certified.ocsp = ocsp;
+    Ok(certified)
+}
+
+fn read_ocsp(path: &Path) -> Result<Vec<u8>, Error> {
+    let bytes = std::fs::read(path).map_err(|err| Error::Certificate {
+        path: path.to_path_buf(),
+        message: format!("cannot read the OCSP response: {err}"),
+    })?;
+    // A DER OCSPResponse is a SEQUENCE; PEM or text here would be sent and refused by clients.
+    if bytes.first() != Some(&0x30) {
+        return Err(Error::Certificate {
+            path: path.to_path_buf(),
+            message: "is not a DER OCSP response (as `openssl ocsp -respout` writes)".into(),
+        });
+    }
+    Ok(bytes)
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
@@ -304,6 +327,7 @@ impl SelfSigned {
         let files = CertificateFiles {
             cert: dir.join("cert.pem"),
             key: dir.join("key.pem"),
+            ocsp: None,
         };
         for (path, text, mode) in [
             (&files.key, &self.key_pem, 0o600),
@@ -387,6 +411,7 @@ mod tests {
         let mixed = CertificateFiles {
             cert: a.cert,
             key: b.key,
+            ocsp: None,
         };
         let err =
             CertStore::new(vec![CertSource::Files(mixed)], TlsProfile::Intermediate).unwrap_err();

@@ -41,6 +41,7 @@ fn ca_and_leaf(dir: &Path) -> (PathBuf, CertificateFiles) {
     let files = CertificateFiles {
         cert: dir.join("leaf.pem"),
         key: dir.join("leaf.key"),
+        ocsp: None,
     };
     std::fs::write(&files.cert, leaf.pem()).unwrap();
     std::fs::write(&files.key, leaf_key.serialize_pem()).unwrap();

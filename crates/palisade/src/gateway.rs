@@ -127,6 +127,7 @@ fn options(section: Option<GatewayOptions>, args: &GatewayArgs) -> Result<Gatewa
         options.tls.certificates = vec![CertificateFiles {
             cert: cert.clone(),
             key: key.clone(),
+            ocsp: None,
         }];
     }
     options.validate()?;

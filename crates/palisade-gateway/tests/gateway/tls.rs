@@ -218,17 +218,29 @@ fn der_of(pem: &[u8]) -> Vec<u8> {
 
 /// The leaf certificate the gateway presents, read without verifying it.
 async fn presented_certificate(addr: std::net::SocketAddr) -> Vec<u8> {
+    handshake(addr, None).await.0
+}
+
+/// The leaf certificate and the stapled OCSP response of a handshake (TLS 1.2 or 1.3).
+async fn handshake(
+    addr: std::net::SocketAddr,
+    version: Option<&'static rustls::SupportedProtocolVersion>,
+) -> (Vec<u8>, Vec<u8>) {
     #[derive(Debug)]
-    struct AcceptAny(std::sync::Arc<rustls::crypto::CryptoProvider>);
+    struct AcceptAny(
+        std::sync::Arc<rustls::crypto::CryptoProvider>,
+        std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    );
     impl rustls::client::danger::ServerCertVerifier for AcceptAny {
         fn verify_server_cert(
             &self,
             _: &rustls_pki_types::CertificateDer<'_>,
             _: &[rustls_pki_types::CertificateDer<'_>],
             _: &rustls_pki_types::ServerName<'_>,
-            _: &[u8],
+            ocsp: &[u8],
             _: rustls_pki_types::UnixTime,
         ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            *self.1.lock().unwrap() = ocsp.to_vec();
             Ok(rustls::client::danger::ServerCertVerified::assertion())
         }
         fn verify_tls12_signature(
@@ -254,17 +266,60 @@ async fn presented_certificate(addr: std::net::SocketAddr) -> Vec<u8> {
         }
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+    let stapled = std::sync::Arc::default();
+    let versions = match version {
+        Some(version) => vec![version],
+        None => rustls::DEFAULT_VERSIONS.to_vec(),
+    };
+    let verifier = AcceptAny(provider.clone(), std::sync::Arc::clone(&stapled));
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&versions)
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAny(provider)))
+        .with_custom_certificate_verifier(std::sync::Arc::new(verifier))
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let tls = connector.connect(name, stream).await.unwrap();
-    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    let ocsp = stapled.lock().unwrap().clone();
+    (leaf, ocsp)
+}
+
+#[tokio::test]
+async fn a_configured_ocsp_response_is_stapled() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = certificate(dir.path(), "localhost");
+    // The gateway staples the bytes as given; a DER SEQUENCE stands in for a CA's response.
+    let response = [0x30, 0x03, 0x0a, 0x01, 0x00];
+    let path = dir.path().join("ocsp.der");
+    std::fs::write(&path, response).unwrap();
+    files.ocsp = Some(path);
+    let mut options = options(&upstream);
+    options.tls.certificates = vec![files];
+    let gateway = TestGateway::start(options).await;
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let (_, stapled) = handshake(gateway.addr, Some(version)).await;
+        assert_eq!(stapled, response, "{version:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_ocsp_file_that_is_not_der_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = certificate(dir.path(), "localhost");
+    let path = dir.path().join("ocsp.pem");
+    std::fs::write(&path, "-----BEGIN OCSP RESPONSE-----").unwrap();
+    files.ocsp = Some(path);
+    let mut options = palisade_gateway::GatewayOptions::new("http://127.0.0.1:1");
+    options.listen = "127.0.0.1:0".parse().unwrap();
+    options.tls.certificates = vec![files];
+    let err = palisade_gateway::Gateway::bind(options, None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not a DER OCSP response"), "{err}");
 }
 
 #[tokio::test]
