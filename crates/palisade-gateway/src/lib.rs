@@ -16,7 +16,9 @@ pub mod upstream;
 
 use std::{net::SocketAddr, path::PathBuf};
 
-pub use options::{CertificateFiles, GatewayOptions, HostHeader, Limits, Timeouts, TlsProfile};
+pub use options::{
+    CertificateFiles, GatewayOptions, HostHeader, Limits, RouteOptions, Timeouts, TlsProfile,
+};
 pub use server::{CertReloader, Gateway};
 pub use tls::SelfSigned;
 

@@ -32,6 +32,9 @@ pub struct GatewayOptions {
     /// Security headers and cookie hardening.
     #[serde(default)]
     pub headers: SecurityHeadersOptions,
+    /// Header settings of their own for some paths.
+    #[serde(default)]
+    pub routes: Vec<RouteOptions>,
     /// `/.well-known/security.txt`, when given.
     pub security_txt: Option<SecurityTxtOptions>,
     /// Trusted proxies in front of the gateway.
@@ -46,6 +49,18 @@ pub struct GatewayOptions {
     /// How upstreams are probed.
     #[serde(default)]
     pub health_check: HealthCheckOptions,
+}
+
+/// The header settings of the paths under `prefix`; every setting not given takes its safe
+/// default (not the value in `[gateway.headers]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteOptions {
+    /// `/embed` covers `/embed` and `/embed/...`; the longest matching prefix wins.
+    pub prefix: String,
+    /// The headers for these paths.
+    #[serde(default)]
+    pub headers: SecurityHeadersOptions,
 }
 
 fn default_listen() -> SocketAddr {
@@ -227,6 +242,7 @@ impl GatewayOptions {
             host_header: HostHeader::default(),
             tls: TlsOptions::default(),
             headers: SecurityHeadersOptions::default(),
+            routes: Vec::new(),
             security_txt: None,
             client_ip: ClientIpOptions::default(),
             limits: Limits::default(),
@@ -260,6 +276,20 @@ impl GatewayOptions {
         self.headers
             .validate()
             .map_err(|err| bad(&format!("headers.{}", err.setting), err.message))?;
+        for (index, route) in self.routes.iter().enumerate() {
+            if !route.prefix.starts_with('/') {
+                return Err(bad(
+                    &format!("routes[{index}].prefix"),
+                    format!("`{}` must start with /", route.prefix),
+                ));
+            }
+            route.headers.validate().map_err(|err| {
+                bad(
+                    &format!("routes[{index}].headers.{}", err.setting),
+                    err.message,
+                )
+            })?;
+        }
         if let Some(txt) = &self.security_txt {
             txt.validate()
                 .map_err(|err| bad(&format!("security_txt.{}", err.setting), err.message))?;

@@ -184,8 +184,13 @@ impl Gateway {
                 host_header: options.host_header,
             },
         );
-        let headers = SecurityHeadersLayer::new(&options.headers)
+        let mut headers = SecurityHeadersLayer::new(&options.headers)
             .map_err(|err| bad(format!("headers.{}", err.setting), err.message))?;
+        for route in &options.routes {
+            headers = headers
+                .with_route(&route.prefix, &route.headers)
+                .map_err(|err| bad(format!("routes.headers.{}", err.setting), err.message))?;
+        }
         let security_txt = options
             .security_txt
             .as_ref()

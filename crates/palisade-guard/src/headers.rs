@@ -214,7 +214,7 @@ impl SecurityHeadersOptions {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Prepared {
     csp: HeaderValue,
     hsts: HeaderValue,
@@ -340,17 +340,95 @@ pub fn harden_cookie(text: &str, options: &CookieOptions) -> String {
         .join("; ")
 }
 
-/// Sets the security headers on every response; see the module documentation.
+/// Sets the security headers on every response; see the module documentation. Routes given
+/// with [`with_route`](Self::with_route) get their own settings.
 #[derive(Debug, Clone)]
 pub struct SecurityHeadersLayer {
-    prepared: Arc<Prepared>,
+    routes: Arc<Routes>,
+}
+
+/// The settings of each route prefix, longest first, and those of every other path.
+#[derive(Debug)]
+struct Routes {
+    prefixed: Vec<(String, Prepared)>,
+    default: Prepared,
+}
+
+impl Routes {
+    /// The settings for `path`: those of the longest prefix that is `path` itself or ends
+    /// where one of its segments ends. Percent-encoded unreserved characters are decoded
+    /// first, so that `/%61dmin` cannot dodge the settings of `/admin`.
+    fn for_path(&self, path: &str) -> &Prepared {
+        let decoded = decode_unreserved(path);
+        let path = decoded.as_str();
+        let matches = |prefix: &str| match path.strip_prefix(prefix) {
+            Some(rest) => rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/'),
+            None => false,
+        };
+        self.prefixed
+            .iter()
+            .find(|(prefix, _)| matches(prefix))
+            .map_or(&self.default, |(_, prepared)| prepared)
+    }
+}
+
+/// `path` with every `%XX` that encodes a letter, digit, `-`, `.`, `_` or `~` decoded (RFC 3986
+/// section 6.2.2.2: such URIs are equivalent); every other escape stays as it is.
+fn decode_unreserved(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| path.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            .filter(|b| b.is_ascii_alphanumeric() || b"-._~".contains(b));
+        match escaped {
+            Some(byte) => {
+                out.push(char::from(byte));
+                i += 3;
+            }
+            None => {
+                out.push(char::from(bytes[i]));
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 impl SecurityHeadersLayer {
     /// The layer for checked `options`.
     pub fn new(options: &SecurityHeadersOptions) -> Result<Self, BadHeaderSetting> {
+        let routes = Routes {
+            prefixed: Vec::new(),
+            default: options.prepare()?,
+        };
         Ok(Self {
-            prepared: Arc::new(options.prepare()?),
+            routes: Arc::new(routes),
+        })
+    }
+
+    /// The layer with `options` for the paths under `prefix` (`/embed` covers `/embed` and
+    /// `/embed/...`, not `/embedded`).
+    pub fn with_route(
+        self,
+        prefix: &str,
+        options: &SecurityHeadersOptions,
+    ) -> Result<Self, BadHeaderSetting> {
+        let mut routes = Arc::try_unwrap(self.routes).unwrap_or_else(|shared| Routes {
+            prefixed: shared.prefixed.clone(),
+            default: shared.default.clone(),
+        });
+        routes
+            .prefixed
+            .push((prefix.to_string(), options.prepare()?));
+        routes
+            .prefixed
+            .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        Ok(Self {
+            routes: Arc::new(routes),
         })
     }
 }
@@ -361,7 +439,7 @@ impl<S> Layer<S> for SecurityHeadersLayer {
     fn layer(&self, inner: S) -> SecurityHeaders<S> {
         SecurityHeaders {
             inner,
-            prepared: self.prepared.clone(),
+            routes: self.routes.clone(),
         }
     }
 }
@@ -370,7 +448,7 @@ impl<S> Layer<S> for SecurityHeadersLayer {
 #[derive(Debug, Clone)]
 pub struct SecurityHeaders<S> {
     inner: S,
-    prepared: Arc<Prepared>,
+    routes: Arc<Routes>,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SecurityHeaders<S>
@@ -388,11 +466,12 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let tls = req.extensions().get::<Peer>().is_none_or(|peer| peer.tls);
-        let prepared = self.prepared.clone();
+        let routes = self.routes.clone();
+        let path = req.uri().path().to_string();
         let future = self.inner.call(req);
         Box::pin(async move {
             let mut response = future.await?;
-            prepared.apply(response.headers_mut(), tls);
+            routes.for_path(&path).apply(response.headers_mut(), tls);
             Ok(response)
         })
     }
@@ -473,6 +552,33 @@ mod tests {
         );
         prepared.apply(&mut own, true);
         assert_eq!(own[header::CONTENT_SECURITY_POLICY], upstream);
+    }
+
+    #[test]
+    fn routes_match_whole_segments_and_the_longest_prefix_wins() {
+        let frames = |frame_options| SecurityHeadersOptions {
+            frame_options,
+            ..Default::default()
+        };
+        let layer = SecurityHeadersLayer::new(&frames(FrameOptions::Deny))
+            .and_then(|l| l.with_route("/embed", &frames(FrameOptions::SameOrigin)))
+            .and_then(|l| l.with_route("/embed/private/", &frames(FrameOptions::Deny)))
+            .unwrap();
+        let frame = |path: &str| {
+            let mut headers = HeaderMap::new();
+            layer.routes.for_path(path).apply(&mut headers, true);
+            headers[header::X_FRAME_OPTIONS]
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(frame("/embed"), "SAMEORIGIN");
+        assert_eq!(frame("/embed/widget"), "SAMEORIGIN");
+        assert_eq!(frame("/embedded"), "DENY");
+        assert_eq!(frame("/embed/private/x"), "DENY");
+        assert_eq!(frame("/%65mbed/%70rivate/x"), "DENY");
+        assert_eq!(frame("/embed%2Fprivate/x"), "DENY");
+        assert_eq!(frame("/"), "DENY");
     }
 
     #[test]

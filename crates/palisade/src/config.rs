@@ -600,6 +600,16 @@ fn bucket_line(text: &str, setting: &str) -> Option<usize> {
 /// The line of a `[gateway]` setting such as `headers.hsts_max_age`: in its own
 /// `[gateway.headers]` table, or on the `headers = { ... }` line of `[gateway]`.
 fn gateway_line(text: &str, setting: &str) -> Option<usize> {
+    // `routes[2].headers.x`: the third `[[gateway.routes]]`, on its key's line or its header.
+    if let Some((index, rest)) = setting
+        .strip_prefix("routes[")
+        .and_then(|rest| rest.split_once(']'))
+    {
+        let nth = index.parse().ok()?;
+        let key = rest.trim_start_matches('.').split('.').next().unwrap_or("");
+        return line_of(text, "gateway.routes", nth, key)
+            .or_else(|| line_of(text, "gateway.routes", nth, ""));
+    }
     match setting.rsplit_once('.') {
         Some((table, key)) => line_of(text, &format!("gateway.{table}"), 0, key)
             .or_else(|| line_of(text, "gateway", 0, table.split('.').next().unwrap_or(table)))
@@ -897,6 +907,12 @@ mod tests {
                 "[gateway]\nupstream = [\"http://a:1\"]\n",
                 "line 2",
                 "unknown field",
+            ),
+            (
+                "[gateway]\nupstreams = [\"http://a:1\"]\n[[gateway.routes]]\nprefix = \"/a\"\n\
+                 [[gateway.routes]]\nprefix = \"/b\"\nheaders = { hsts_max_age = 5 }\n",
+                "line 7",
+                "routes[1].headers.hsts_max_age",
             ),
         ];
         for (text, line, words) in cases {

@@ -127,6 +127,47 @@ async fn http2_responses_are_hardened_and_bodies_forwarded() {
 }
 
 #[tokio::test]
+async fn a_route_gets_its_own_header_settings() {
+    let upstream = Upstream::start().await;
+    let mut options = options(&upstream);
+    let mut embed = palisade_gateway::RouteOptions {
+        prefix: "/embed".into(),
+        headers: Default::default(),
+    };
+    embed.headers.frame_options = palisade_guard::headers::FrameOptions::SameOrigin;
+    options.routes.push(embed);
+    let gateway = TestGateway::start(options).await;
+    let frame = |response: &http::Response<()>| {
+        let headers = response.headers();
+        let csp = headers[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .to_string();
+        (
+            headers["x-frame-options"].to_str().unwrap().to_string(),
+            csp,
+        )
+    };
+    let (response, _) = gateway.send(get("/embed/widget")).await;
+    assert_eq!(
+        frame(&response),
+        ("SAMEORIGIN".into(), "frame-ancestors 'self'".into())
+    );
+    assert_hardened_except_frames(response.headers());
+    let (response, _) = gateway.send(get("/embedded")).await;
+    assert_eq!(
+        frame(&response),
+        ("DENY".into(), "frame-ancestors 'none'".into())
+    );
+}
+
+fn assert_hardened_except_frames(headers: &http::HeaderMap) {
+    assert!(headers.contains_key("strict-transport-security"));
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert!(!headers.contains_key(header::SERVER));
+}
+
+#[tokio::test]
 async fn upstream_cookies_are_hardened() {
     let upstream = Upstream::start().await;
     let gateway = TestGateway::start(options(&upstream)).await;
