@@ -3,7 +3,9 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use http::Uri;
-use palisade_guard::{ClientIpOptions, SecurityHeadersOptions, SecurityTxtOptions};
+use palisade_guard::{
+    ClientIpOptions, CspReportOptions, SecurityHeadersOptions, SecurityTxtOptions,
+};
 use serde::{Deserialize, Deserializer};
 
 use crate::Error;
@@ -37,6 +39,9 @@ pub struct GatewayOptions {
     pub routes: Vec<RouteOptions>,
     /// `/.well-known/security.txt`, when given.
     pub security_txt: Option<SecurityTxtOptions>,
+    /// A collector for CSP violation reports, when given; the gateway's policies then name it
+    /// in `report-uri`.
+    pub csp_report: Option<CspReportOptions>,
     /// Trusted proxies in front of the gateway.
     #[serde(default)]
     pub client_ip: ClientIpOptions,
@@ -244,6 +249,7 @@ impl GatewayOptions {
             headers: SecurityHeadersOptions::default(),
             routes: Vec::new(),
             security_txt: None,
+            csp_report: None,
             client_ip: ClientIpOptions::default(),
             limits: Limits::default(),
             timeouts: Timeouts::default(),
@@ -289,6 +295,14 @@ impl GatewayOptions {
                     err.message,
                 )
             })?;
+        }
+        if let Some(report) = &self.csp_report
+            && !report.path.starts_with('/')
+        {
+            return Err(bad(
+                "csp_report.path",
+                format!("`{}` must start with /", report.path),
+            ));
         }
         if let Some(txt) = &self.security_txt {
             txt.validate()

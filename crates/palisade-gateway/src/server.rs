@@ -14,8 +14,8 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use palisade_guard::{
-    Body, BoxError, ClientIpLayer, HttpsRedirectLayer, HttpsRedirectOptions, Peer, RejectionKind,
-    SecurityHeadersLayer, SecurityTxtLayer,
+    Body, BoxError, ClientIpLayer, CspReportLayer, HttpsRedirectLayer, HttpsRedirectOptions, Peer,
+    RejectionKind, SecurityHeadersLayer, SecurityHeadersOptions, SecurityTxtLayer,
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -184,11 +184,17 @@ impl Gateway {
                 host_header: options.host_header,
             },
         );
-        let mut headers = SecurityHeadersLayer::new(&options.headers)
+        let report_path = options.csp_report.as_ref().map(|r| r.path.clone());
+        let reporting = |headers: &SecurityHeadersOptions| {
+            let mut headers = headers.clone();
+            headers.csp_report_uri = headers.csp_report_uri.clone().or(report_path.clone());
+            headers
+        };
+        let mut headers = SecurityHeadersLayer::new(&reporting(&options.headers))
             .map_err(|err| bad(format!("headers.{}", err.setting), err.message))?;
         for route in &options.routes {
             headers = headers
-                .with_route(&route.prefix, &route.headers)
+                .with_route(&route.prefix, &reporting(&route.headers))
                 .map_err(|err| bad(format!("routes.headers.{}", err.setting), err.message))?;
         }
         let security_txt = options
@@ -201,6 +207,7 @@ impl Gateway {
             .layer(headers.clone())
             .layer(ClientIpLayer::new(options.client_ip.clone()))
             .option_layer(security_txt)
+            .option_layer(options.csp_report.clone().map(CspReportLayer::new))
             .service(proxy.clone());
 
         let redirect = HttpsRedirectLayer::new(&HttpsRedirectOptions {

@@ -75,6 +75,7 @@ async fn every_refusal_emits_one_security_event() {
     let mut options = options(&upstream);
     options.hosts = vec!["localhost".into()];
     options.timeouts.header_read = Duration::from_millis(300);
+    options.csp_report = Some(Default::default());
     let gateway = TestGateway::start(options).await;
 
     let cases: [(&[u8], &str, &str, &str, &str); 3] = [
@@ -114,6 +115,25 @@ async fn every_refusal_emits_one_security_event() {
         assert_eq!(field(event, "client"), "127.0.0.1");
         assert!(!format!("{event:?}").contains("pw=x"), "{event:?}");
     }
+
+    let report = r#"{"csp-report": {"document-uri": "https://localhost/cart?s=1",
+        "effective-directive": "script-src-elem", "blocked-uri": "https://evil.example/x.js"}}"#;
+    let request = format!(
+        "POST /.well-known/csp-report HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{report}",
+        report.len()
+    );
+    let answer = gateway.raw(request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    let events = take(&recorder, 1).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(field(&events[0], "kind"), "csp_violation");
+    assert_eq!(
+        field(&events[0], "rule"),
+        "script-src-elem https://evil.example"
+    );
+    assert_eq!(field(&events[0], "route"), "/cart");
+    assert_eq!(field(&events[0], "action"), "report");
 
     let large = format!(
         "GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",

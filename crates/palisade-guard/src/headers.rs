@@ -91,6 +91,8 @@ pub struct SecurityHeadersOptions {
     /// `Content-Security-Policy` for responses whose upstream sets none; `frame-ancestors` is
     /// added when the policy lacks it. Without one, such responses get only `frame-ancestors`.
     pub content_security_policy: Option<String>,
+    /// `report-uri` added to the policy the gateway sets (not to the upstream's own).
+    pub csp_report_uri: Option<String>,
     /// Cookie hardening.
     pub cookies: CookieOptions,
 }
@@ -110,6 +112,7 @@ impl Default for SecurityHeadersOptions {
             cross_origin_resource_policy: "same-origin".into(),
             cross_origin_embedder_policy: None,
             content_security_policy: None,
+            csp_report_uri: None,
             cookies: CookieOptions::default(),
         }
     }
@@ -196,15 +199,19 @@ impl SecurityHeadersOptions {
                 value("cross_origin_embedder_policy", coep)?,
             ));
         }
-        let csp = match &self.content_security_policy {
+        let mut csp = match &self.content_security_policy {
             Some(policy) => {
                 value("content_security_policy", policy)?;
                 with_frame_ancestors(policy, ancestors)
             }
             None => ancestors.to_string(),
         };
+        if let Some(uri) = &self.csp_report_uri {
+            csp.push_str("; report-uri ");
+            csp.push_str(uri);
+        }
         Ok(Prepared {
-            csp: value("content_security_policy", &csp)?,
+            csp: value("csp_report_uri", &csp)?,
             hsts: value("hsts_max_age", &hsts)?,
             frame_options: HeaderValue::from_static(frame),
             frame_ancestors: ancestors,

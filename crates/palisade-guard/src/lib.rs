@@ -7,6 +7,7 @@
 
 pub mod body;
 pub mod client_ip;
+pub mod csp_report;
 pub mod headers;
 pub mod host;
 pub mod redirect;
@@ -15,6 +16,7 @@ pub mod security_txt;
 
 pub use body::{Body, BoxError};
 pub use client_ip::{ClientAddr, ClientIpLayer, ClientIpOptions, Peer};
+pub use csp_report::{CspReportLayer, CspReportOptions};
 pub use headers::{CookieOptions, SameSite, SecurityHeadersLayer, SecurityHeadersOptions};
 pub use redirect::{HttpsRedirectLayer, HttpsRedirectOptions};
 pub use reject::{Rejection, RejectionKind};

@@ -32,6 +32,8 @@ pub enum RejectionKind {
     SlowHeaders,
     /// A body whose next bytes did not arrive within the body read timeout.
     SlowBody,
+    /// Not a refusal: a browser's report that the Content-Security-Policy blocked something.
+    CspViolation,
 }
 
 impl RejectionKind {
@@ -46,6 +48,7 @@ impl RejectionKind {
             Self::HeadersTooLarge => "headers_too_large",
             Self::SlowHeaders => "slow_headers",
             Self::SlowBody => "slow_body",
+            Self::CspViolation => "csp_violation",
         }
     }
 
@@ -58,6 +61,7 @@ impl RejectionKind {
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::SlowHeaders | Self::SlowBody => StatusCode::REQUEST_TIMEOUT,
+            Self::CspViolation => StatusCode::NO_CONTENT,
         }
     }
 
@@ -71,6 +75,7 @@ impl RejectionKind {
             Self::HeadersTooLarge => "The request headers are too large.",
             Self::SlowHeaders => "The request headers took too long to arrive.",
             Self::SlowBody => "The request body took too long to arrive.",
+            Self::CspViolation => "The report was received.",
         }
     }
 }

@@ -168,6 +168,44 @@ fn assert_hardened_except_frames(headers: &http::HeaderMap) {
 }
 
 #[tokio::test]
+async fn csp_reports_are_collected_by_the_gateway() {
+    let upstream = Upstream::start().await;
+    let mut options = options(&upstream);
+    options.csp_report = Some(Default::default());
+    let gateway = TestGateway::start(options).await;
+    let (response, _) = gateway.send(get("/")).await;
+    assert_eq!(
+        response.headers()[header::CONTENT_SECURITY_POLICY],
+        "frame-ancestors 'none'; report-uri /.well-known/csp-report"
+    );
+    let report =
+        r#"{"csp-report": {"effective-directive": "script-src", "blocked-uri": "inline"}}"#;
+    let request = http::Request::post("/.well-known/csp-report")
+        .header("host", "localhost")
+        .header("content-type", "application/csp-report")
+        .body(http_body_util::Full::new(bytes::Bytes::from(report)))
+        .unwrap();
+    let (response, _) = gateway.send(request).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let oversized = http::Request::post("/.well-known/csp-report")
+        .header("host", "localhost")
+        .body(http_body_util::Full::new(bytes::Bytes::from(vec![
+            b' ';
+            20_000
+        ])))
+        .unwrap();
+    assert_eq!(
+        gateway.send(oversized).await.0.status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    assert_eq!(
+        upstream.received().len(),
+        1,
+        "only the GET reaches the upstream"
+    );
+}
+
+#[tokio::test]
 async fn upstream_cookies_are_hardened() {
     let upstream = Upstream::start().await;
     let gateway = TestGateway::start(options(&upstream)).await;
