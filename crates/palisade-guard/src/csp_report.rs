@@ -222,7 +222,10 @@ mod tests {
             blocked: "https://evil.example".into(),
             page: "/cart".into(),
         };
-        assert_eq!(parse_report(legacy).unwrap(), [expected.clone()]);
+        assert_eq!(
+            parse_report(legacy).unwrap(),
+            std::slice::from_ref(&expected)
+        );
         let reporting =
             br#"[{"type": "csp-violation", "body": {"documentURL": "https://shop.example/cart",
             "effectiveDirective": "script-src-elem", "blockedURL": "https://evil.example/x.js"}},
