@@ -91,7 +91,10 @@ pub struct SecurityHeadersOptions {
     /// `Content-Security-Policy` for responses whose upstream sets none; `frame-ancestors` is
     /// added when the policy lacks it. Without one, such responses get only `frame-ancestors`.
     pub content_security_policy: Option<String>,
-    /// `report-uri` added to the policy the gateway sets (not to the upstream's own).
+    /// `Content-Security-Policy-Report-Only` for responses whose upstream sets none: a policy
+    /// to try out, whose violations are reported but not blocked.
+    pub content_security_policy_report_only: Option<String>,
+    /// `report-uri` added to the policies the gateway sets (not to the upstream's own).
     pub csp_report_uri: Option<String>,
     /// Cookie hardening.
     pub cookies: CookieOptions,
@@ -112,6 +115,7 @@ impl Default for SecurityHeadersOptions {
             cross_origin_resource_policy: "same-origin".into(),
             cross_origin_embedder_policy: None,
             content_security_policy: None,
+            content_security_policy_report_only: None,
             csp_report_uri: None,
             cookies: CookieOptions::default(),
         }
@@ -206,12 +210,24 @@ impl SecurityHeadersOptions {
             }
             None => ancestors.to_string(),
         };
-        if let Some(uri) = &self.csp_report_uri {
-            csp.push_str("; report-uri ");
-            csp.push_str(uri);
-        }
+        let report = |policy: &mut String| {
+            if let Some(uri) = &self.csp_report_uri {
+                policy.push_str("; report-uri ");
+                policy.push_str(uri);
+            }
+        };
+        report(&mut csp);
+        let report_only = match &self.content_security_policy_report_only {
+            Some(policy) => {
+                let mut policy = policy.trim_end_matches([';', ' ']).to_string();
+                report(&mut policy);
+                Some(value("content_security_policy_report_only", &policy)?)
+            }
+            None => None,
+        };
         Ok(Prepared {
             csp: value("csp_report_uri", &csp)?,
+            report_only,
             hsts: value("hsts_max_age", &hsts)?,
             frame_options: HeaderValue::from_static(frame),
             frame_ancestors: ancestors,
@@ -224,6 +240,7 @@ impl SecurityHeadersOptions {
 #[derive(Debug, Clone)]
 struct Prepared {
     csp: HeaderValue,
+    report_only: Option<HeaderValue>,
     hsts: HeaderValue,
     frame_options: HeaderValue,
     frame_ancestors: &'static str,
@@ -244,6 +261,12 @@ impl Prepared {
         );
         headers.insert(header::X_FRAME_OPTIONS, self.frame_options.clone());
         self.add_frame_ancestors(headers);
+        let report_only = HeaderName::from_static("content-security-policy-report-only");
+        if let Some(policy) = &self.report_only
+            && !headers.contains_key(&report_only)
+        {
+            headers.insert(report_only, policy.clone());
+        }
         for (name, value) in &self.defaults {
             if !headers.contains_key(name) {
                 headers.insert(name.clone(), value.clone());
@@ -586,6 +609,25 @@ mod tests {
         assert_eq!(frame("/%65mbed/%70rivate/x"), "DENY");
         assert_eq!(frame("/embed%2Fprivate/x"), "DENY");
         assert_eq!(frame("/"), "DENY");
+    }
+
+    #[test]
+    fn a_report_only_policy_is_added_with_the_report_uri() {
+        let options = SecurityHeadersOptions {
+            content_security_policy_report_only: Some("script-src 'self';".into()),
+            csp_report_uri: Some("/.well-known/csp-report".into()),
+            ..Default::default()
+        };
+        let mut headers = HeaderMap::new();
+        options.prepare().unwrap().apply(&mut headers, true);
+        assert_eq!(
+            headers["content-security-policy-report-only"],
+            "script-src 'self'; report-uri /.well-known/csp-report"
+        );
+        assert_eq!(
+            headers[header::CONTENT_SECURITY_POLICY],
+            "frame-ancestors 'none'; report-uri /.well-known/csp-report"
+        );
     }
 
     #[test]
