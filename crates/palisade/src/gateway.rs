@@ -89,6 +89,8 @@ pub fn run(global: &Global, args: &GatewayArgs, config_required: bool) -> Result
     {
         log::warn!("{warning}");
     }
+    tracing::subscriber::set_global_default(ToLog)
+        .context("cannot route the gateway's events to the log")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -171,6 +173,59 @@ async fn serve(
     };
     gateway.run(stop).await?;
     Ok(())
+}
+
+/// Hands the gateway's `tracing` events (targets `palisade::...`) to the binary's log, one line
+/// each with the event's fields, so that `-v`, `-q` and `PALISADE_LOG` apply to them too.
+struct ToLog;
+
+impl tracing::Subscriber for ToLog {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        metadata.target().starts_with("palisade")
+            && log::log_enabled!(target: "palisade", to_log(*metadata.level()))
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut line = Fields(String::new());
+        event.record(&mut line);
+        let metadata = event.metadata();
+        log::log!(target: metadata.target(), to_log(*metadata.level()), "{}", line.0.trim_start());
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// `message key=value key=value`, in the order the event gives them.
+struct Fields(String);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        let _ = match field.name() {
+            "message" => write!(self.0, " {value:?}"),
+            name => write!(self.0, " {name}={value:?}"),
+        };
+    }
+}
+
+fn to_log(level: tracing::Level) -> log::Level {
+    match level {
+        tracing::Level::ERROR => log::Level::Error,
+        tracing::Level::WARN => log::Level::Warn,
+        tracing::Level::INFO => log::Level::Info,
+        tracing::Level::DEBUG => log::Level::Debug,
+        tracing::Level::TRACE => log::Level::Trace,
+    }
 }
 
 fn self_signed(global: &Global, hosts: &[String], out: &std::path::Path) -> Result<Outcome> {
