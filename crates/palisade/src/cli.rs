@@ -117,6 +117,9 @@ pub enum Command {
     /// Alert channels (docs/alerts.md).
     #[command(subcommand)]
     Alert(crate::alerting::AlertCommand),
+    /// Run the hardening gateway in front of a web application: TLS, HTTPS redirect, security
+    /// headers, strict parsing and limits (docs/gateway.md).
+    Gateway(crate::gateway::GatewayArgs),
 }
 
 #[derive(Debug, Subcommand)]

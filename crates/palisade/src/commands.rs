@@ -36,6 +36,9 @@ pub fn run(cli: Cli) -> Result<Outcome> {
     if let Command::Daemon(_) = &cli.command {
         return crate::daemon::run(&global);
     }
+    if let Command::Gateway(args) = &cli.command {
+        return crate::gateway::run(&global, args, config_named(&global));
+    }
     let config = if global.daemon_child {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
@@ -63,7 +66,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Schedule(args) => crate::schedule::show(&ctx, &args),
         Command::Runs(args) => crate::state::show(&ctx, &args),
         Command::Alert(command) => crate::alerting::run(&ctx, command),
-        Command::Quickstart(_) | Command::Config(_) | Command::Daemon(_) => {
+        Command::Quickstart(_) | Command::Config(_) | Command::Daemon(_) | Command::Gateway(_) => {
             unreachable!("handled above")
         }
     }
@@ -73,6 +76,9 @@ pub fn run(cli: Cli) -> Result<Outcome> {
 fn check_config(global: &Global) -> Result<Outcome> {
     let config = Config::load(&global.config, true)?;
     crate::alerting::check_reachable(&global.config, &config)?;
+    if let Some(gateway) = &config.gateway {
+        crate::gateway::check(gateway)?;
+    }
     #[derive(Serialize)]
     struct Summary<'a> {
         config: String,
@@ -82,6 +88,7 @@ fn check_config(global: &Global) -> Result<Outcome> {
         jobs_with_retention: Vec<&'a str>,
         tasks: Vec<String>,
         bucket_section: bool,
+        gateway_section: bool,
     }
     let summary = Summary {
         config: global.config.display().to_string(),
@@ -96,12 +103,13 @@ fn check_config(global: &Global) -> Result<Outcome> {
             .collect(),
         tasks: config.tasks.iter().map(|task| task.name()).collect(),
         bucket_section: config.bucket.is_some(),
+        gateway_section: config.gateway.is_some(),
     };
     if global.json {
         print_json(&summary)?;
     } else if !global.quiet {
         println!(
-            "{} is valid: repository {}, {} job(s) ({} with retention), {} task(s){}",
+            "{} is valid: repository {}, {} job(s) ({} with retention), {} task(s){}{}",
             summary.config,
             summary.repository.unwrap_or("(none)"),
             summary.jobs.len(),
@@ -109,6 +117,11 @@ fn check_config(global: &Global) -> Result<Outcome> {
             summary.tasks.len(),
             if summary.bucket_section {
                 ", [bucket] settings"
+            } else {
+                ""
+            },
+            if summary.gateway_section {
+                ", [gateway] settings"
             } else {
                 ""
             }

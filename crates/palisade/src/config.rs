@@ -43,6 +43,8 @@ pub struct Config {
     /// Maintenance the daemon runs on its own schedules: prune, verify, restore-test.
     #[serde(default)]
     pub tasks: Vec<crate::tasks::TaskConfig>,
+    /// `palisade gateway` settings (docs/gateway.md).
+    pub gateway: Option<palisade_gateway::GatewayOptions>,
 }
 
 /// The `[repository]` table (a plain string is read as its `location`).
@@ -280,6 +282,12 @@ impl Config {
         for alert in &mut self.alerts {
             alert.resolve(base);
         }
+        if let Some(gateway) = self.gateway.as_mut() {
+            for files in &mut gateway.tls.certificates {
+                fix(&mut files.cert);
+                fix(&mut files.key);
+            }
+        }
         if let Some(pitr) = self.pitr.as_mut() {
             pitr.bin_dir.as_mut().map(fix);
             pitr.cache_dir.as_mut().map(fix);
@@ -457,6 +465,20 @@ impl Config {
         crate::schedule::validate(self, text)?;
         crate::tasks::validate(self, text)?;
         crate::alerting::validate(self, text)?;
+        if let Some(gateway) = &self.gateway {
+            gateway.validate().map_err(|err| {
+                let line = match &err {
+                    palisade_gateway::Error::BadSetting { setting, .. } => {
+                        gateway_line(text, setting)
+                    }
+                    _ => None,
+                };
+                (
+                    line.or_else(|| line_of(text, "gateway", 0, "")),
+                    format!("[gateway] {err}"),
+                )
+            })?;
+        }
         Ok(())
     }
 
@@ -576,6 +598,27 @@ fn bucket_line(text: &str, setting: &str) -> Option<usize> {
             .or_else(|| line_of(text, "bucket", 0, table))
             .or_else(|| line_of(text, &format!("bucket.{table}"), 0, "")),
         None => line_of(text, "bucket", 0, setting),
+    }
+}
+
+/// The line of a `[gateway]` setting such as `headers.hsts_max_age`: in its own
+/// `[gateway.headers]` table, or on the `headers = { ... }` line of `[gateway]`.
+fn gateway_line(text: &str, setting: &str) -> Option<usize> {
+    // `routes[2].headers.x`: the third `[[gateway.routes]]`, on its key's line or its header.
+    if let Some((index, rest)) = setting
+        .strip_prefix("routes[")
+        .and_then(|rest| rest.split_once(']'))
+    {
+        let nth = index.parse().ok()?;
+        let key = rest.trim_start_matches('.').split('.').next().unwrap_or("");
+        return line_of(text, "gateway.routes", nth, key)
+            .or_else(|| line_of(text, "gateway.routes", nth, ""));
+    }
+    match setting.rsplit_once('.') {
+        Some((table, key)) => line_of(text, &format!("gateway.{table}"), 0, key)
+            .or_else(|| line_of(text, "gateway", 0, table.split('.').next().unwrap_or(table)))
+            .or_else(|| line_of(text, &format!("gateway.{table}"), 0, "")),
+        None => line_of(text, "gateway", 0, setting),
     }
 }
 
@@ -823,5 +866,62 @@ mod tests {
             text.contains("line 2") && !text.contains("12345SecretValue"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn gateway_section_is_read_and_its_mistakes_name_their_line() {
+        let config = parse(
+            "[gateway]\nupstreams = [\"http://127.0.0.1:3000\"]\nhosts = [\"shop.example\"]\n\
+             [[gateway.tls.certificates]]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n\
+             [gateway.security_txt]\ncontact = [\"mailto:s@shop.example\"]\n\
+             expires = \"2030-01-01T00:00:00Z\"\n",
+        )
+        .unwrap();
+        let gateway = config.gateway.unwrap();
+        assert_eq!(gateway.hosts, ["shop.example"]);
+        let cert = &gateway.tls.certificates[0].cert;
+        assert!(
+            cert.is_absolute() && cert.ends_with("tls/cert.pem"),
+            "{}",
+            cert.display()
+        );
+        let cases = [
+            ("[gateway]\nupstreams = []\n", "line 2", "no upstream"),
+            (
+                "[gateway]\nupstreams = [\"http://a:1\"]\n[gateway.headers]\nhsts_max_age = 60\n",
+                "line 4",
+                "two years",
+            ),
+            (
+                "[gateway]\nupstreams = [\"http://a:1\"]\nheaders = { hsts_max_age = 60 }\n",
+                "line 3",
+                "two years",
+            ),
+            (
+                "[gateway]\nupstreams = [\"http://a:1\"]\n[gateway.security_txt]\ncontact = []\nexpires = \"x\"\n",
+                "line 4",
+                "contact",
+            ),
+            (
+                "[gateway]\nupstreams = [\"http://a:1\"]\nlisten = \"nowhere\"\n",
+                "line 3",
+                "socket address",
+            ),
+            (
+                "[gateway]\nupstream = [\"http://a:1\"]\n",
+                "line 2",
+                "unknown field",
+            ),
+            (
+                "[gateway]\nupstreams = [\"http://a:1\"]\n[[gateway.routes]]\nprefix = \"/a\"\n\
+                 [[gateway.routes]]\nprefix = \"/b\"\nheaders = { hsts_max_age = 5 }\n",
+                "line 7",
+                "routes[1].headers.hsts_max_age",
+            ),
+        ];
+        for (text, line, words) in cases {
+            let err = format!("{:#}", parse(text).unwrap_err());
+            assert!(err.contains(line) && err.contains(words), "{text}\n{err}");
+        }
     }
 }

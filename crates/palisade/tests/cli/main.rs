@@ -7,6 +7,7 @@ mod common;
 mod compat;
 mod daemon;
 mod databases;
+mod gateway;
 mod jobs;
 mod pitr;
 mod prove;

@@ -1,0 +1,75 @@
+//! A request body that fails when its next bytes take longer than the body read timeout, so a
+//! client cannot hold an upstream connection open by trickling a body.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use palisade_guard::BoxError;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+/// The error a [`BodyTimeout`] ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body stalled for longer than the body read timeout")]
+pub struct BodyReadTimeout;
+
+pin_project! {
+    /// `inner`, failing with [`BodyReadTimeout`] after `timeout` without a frame.
+    pub struct BodyTimeout<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        deadline: Sleep,
+        timeout: Duration,
+    }
+}
+
+impl<B> BodyTimeout<B> {
+    /// Wraps `inner`; the clock starts now.
+    pub fn new(inner: B, timeout: Duration) -> Self {
+        Self {
+            inner,
+            deadline: tokio::time::sleep(timeout),
+            timeout,
+        }
+    }
+}
+
+impl<B> Body for BodyTimeout<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.deadline.as_mut().reset(Instant::now() + *this.timeout);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.deadline.poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(BodyReadTimeout.into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

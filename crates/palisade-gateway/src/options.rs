@@ -1,0 +1,404 @@
+//! The gateway's typed options, with safe defaults; the binary reads them from `[gateway]`.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use http::Uri;
+use palisade_guard::{
+    ClientIpOptions, CspReportOptions, SecurityHeadersOptions, SecurityTxtOptions,
+};
+use serde::{Deserialize, Deserializer};
+
+use crate::Error;
+
+/// Everything the gateway needs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayOptions {
+    /// The HTTPS listener.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The plain-HTTP listener, which only redirects to HTTPS (none by default).
+    pub http_listen: Option<SocketAddr>,
+    /// The application: `http://HOST:PORT` URLs, used round robin.
+    pub upstreams: Vec<String>,
+    /// Host names the gateway answers for and redirects; empty accepts any `Host` on HTTPS and
+    /// redirects none.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// What `Host` the upstream sees.
+    #[serde(default)]
+    pub host_header: HostHeader,
+    /// Certificates and protocol versions.
+    #[serde(default)]
+    pub tls: TlsOptions,
+    /// Security headers and cookie hardening.
+    #[serde(default)]
+    pub headers: SecurityHeadersOptions,
+    /// Header settings of their own for some paths.
+    #[serde(default)]
+    pub routes: Vec<RouteOptions>,
+    /// `/.well-known/security.txt`, when given.
+    pub security_txt: Option<SecurityTxtOptions>,
+    /// A collector for CSP violation reports, when given; the gateway's policies then name it
+    /// in `report-uri`.
+    pub csp_report: Option<CspReportOptions>,
+    /// Trusted proxies in front of the gateway.
+    #[serde(default)]
+    pub client_ip: ClientIpOptions,
+    /// Size and count limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Timeouts.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// How upstreams are probed.
+    #[serde(default)]
+    pub health_check: HealthCheckOptions,
+}
+
+/// The header settings of the paths under `prefix`; every setting not given takes its safe
+/// default (not the value in `[gateway.headers]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteOptions {
+    /// `/embed` covers `/embed` and `/embed/...`; the longest matching prefix wins.
+    pub prefix: String,
+    /// The headers for these paths.
+    #[serde(default)]
+    pub headers: SecurityHeadersOptions,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 443))
+}
+
+/// What `Host` the upstream sees.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostHeader {
+    /// The client's (the original `Host` also goes in `X-Forwarded-Host`).
+    #[default]
+    Preserve,
+    /// The upstream's own `HOST:PORT`.
+    Upstream,
+}
+
+/// Which TLS versions and suites are offered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsProfile {
+    /// Mozilla's "intermediate": TLS 1.2 and 1.3, ECDHE with AEAD suites only.
+    #[default]
+    Intermediate,
+    /// Mozilla's "modern": TLS 1.3 only.
+    Modern,
+}
+
+/// Certificates and protocol versions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsOptions {
+    /// Versions and suites.
+    pub profile: TlsProfile,
+    /// Certificate chains with their keys; the one whose names match the client's SNI is used,
+    /// the first when none does. Reread on [`crate::CertReloader::reload`].
+    pub certificates: Vec<CertificateFiles>,
+    /// Reread the certificates when one of their files changes (checked every
+    /// `watch_interval`).
+    pub watch: bool,
+    /// How often the files are checked for changes.
+    #[serde(deserialize_with = "duration")]
+    pub watch_interval: Duration,
+}
+
+impl Default for TlsOptions {
+    fn default() -> Self {
+        Self {
+            profile: TlsProfile::default(),
+            certificates: Vec::new(),
+            watch: true,
+            watch_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    /// The chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// A DER OCSP response for the certificate, stapled to every handshake (renew it before it
+    /// expires; it is reread with the certificate).
+    #[serde(default)]
+    pub ocsp: Option<PathBuf>,
+}
+
+/// Size and count limits; each refusal is a response (413, 414, 431, 400).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Request line and headers together, in bytes (at least 8192).
+    pub max_header_bytes: usize,
+    /// Headers per request.
+    pub max_headers: usize,
+    /// Request target, in bytes.
+    pub max_uri_bytes: usize,
+    /// Request body, in bytes.
+    pub max_body_bytes: u64,
+    /// Open client connections; further ones wait in the listen queue.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
+            max_body_bytes: 10 * 1024 * 1024,
+            max_connections: 1024,
+        }
+    }
+}
+
+/// Timeouts, written like `10s`, `500ms` or `2m`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// TLS handshake and request headers (slowloris).
+    #[serde(deserialize_with = "duration")]
+    pub header_read: Duration,
+    /// The longest wait for the next bytes of a request body (408 when it passes).
+    #[serde(deserialize_with = "duration")]
+    pub body_read: Duration,
+    /// Connecting to an upstream.
+    #[serde(deserialize_with = "duration")]
+    pub upstream_connect: Duration,
+    /// An upstream's response headers.
+    #[serde(deserialize_with = "duration")]
+    pub upstream_response: Duration,
+    /// A client connection with no bytes read or written.
+    #[serde(deserialize_with = "duration")]
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            header_read: Duration::from_secs(10),
+            body_read: Duration::from_secs(30),
+            upstream_connect: Duration::from_secs(5),
+            upstream_response: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How upstreams are probed: a TCP connect, or a `GET` of `path` answered below 500.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckOptions {
+    /// Time between probes.
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    /// One probe's limit.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// A path to `GET` instead of a plain connect.
+    pub path: Option<String>,
+}
+
+impl Default for HealthCheckOptions {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            path: None,
+        }
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_duration(&text).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not a duration; write it like 10s, 500ms or 2m"
+        ))
+    })
+}
+
+/// `10s`, `500ms`, `2m`, `1h`, or a combination such as `1m 30s`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let duration: jiff::SignedDuration = text.trim().parse().ok()?;
+    Duration::try_from(duration).ok()
+}
+
+impl GatewayOptions {
+    /// Options for one upstream with every default.
+    pub fn new(upstream: impl Into<String>) -> Self {
+        Self {
+            listen: default_listen(),
+            http_listen: None,
+            upstreams: vec![upstream.into()],
+            hosts: Vec::new(),
+            host_header: HostHeader::default(),
+            tls: TlsOptions::default(),
+            headers: SecurityHeadersOptions::default(),
+            routes: Vec::new(),
+            security_txt: None,
+            csp_report: None,
+            client_ip: ClientIpOptions::default(),
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+            health_check: HealthCheckOptions::default(),
+        }
+    }
+
+    /// Checks what the types cannot; the error names the setting (`headers.hsts_max_age`).
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |setting: &str, message: String| Error::BadSetting {
+            setting: setting.to_string(),
+            message,
+        };
+        if self.upstreams.is_empty() {
+            return Err(bad(
+                "upstreams",
+                "no upstream; add the application's address, like upstreams = [\"http://127.0.0.1:3000\"]".into(),
+            ));
+        }
+        for upstream in &self.upstreams {
+            upstream_uri(upstream).map_err(|message| bad("upstreams", message))?;
+        }
+        if let Some(host) = self
+            .hosts
+            .iter()
+            .find(|h| palisade_guard::host::normalize(h).is_none())
+        {
+            return Err(bad("hosts", format!("`{host}` is not a host name")));
+        }
+        self.headers
+            .validate()
+            .map_err(|err| bad(&format!("headers.{}", err.setting), err.message))?;
+        for (index, route) in self.routes.iter().enumerate() {
+            if !route.prefix.starts_with('/') {
+                return Err(bad(
+                    &format!("routes[{index}].prefix"),
+                    format!("`{}` must start with /", route.prefix),
+                ));
+            }
+            route.headers.validate().map_err(|err| {
+                bad(
+                    &format!("routes[{index}].headers.{}", err.setting),
+                    err.message,
+                )
+            })?;
+        }
+        if let Some(report) = &self.csp_report
+            && !report.path.starts_with('/')
+        {
+            return Err(bad(
+                "csp_report.path",
+                format!("`{}` must start with /", report.path),
+            ));
+        }
+        if let Some(txt) = &self.security_txt {
+            txt.validate()
+                .map_err(|err| bad(&format!("security_txt.{}", err.setting), err.message))?;
+        }
+        self.validate_limits()
+    }
+
+    fn validate_limits(&self) -> Result<(), Error> {
+        let bad = |setting: &str, message: &str| Error::BadSetting {
+            setting: setting.to_string(),
+            message: message.to_string(),
+        };
+        let limits = &self.limits;
+        if limits.max_header_bytes < 8192 {
+            return Err(bad("limits.max_header_bytes", "must be at least 8192"));
+        }
+        if limits.max_headers == 0 || limits.max_uri_bytes == 0 || limits.max_connections == 0 {
+            return Err(bad("limits", "limits must be at least 1"));
+        }
+        let zero = [
+            ("timeouts.header_read", self.timeouts.header_read),
+            ("timeouts.body_read", self.timeouts.body_read),
+            ("timeouts.upstream_connect", self.timeouts.upstream_connect),
+            (
+                "timeouts.upstream_response",
+                self.timeouts.upstream_response,
+            ),
+            ("timeouts.idle", self.timeouts.idle),
+            ("health_check.interval", self.health_check.interval),
+            ("health_check.timeout", self.health_check.timeout),
+            ("tls.watch_interval", self.tls.watch_interval),
+        ];
+        if let Some((setting, _)) = zero.iter().find(|(_, d)| d.is_zero()) {
+            return Err(bad(setting, "must be longer than zero"));
+        }
+        if let Some(path) = &self.health_check.path
+            && !path.starts_with('/')
+        {
+            return Err(bad("health_check.path", "must start with /"));
+        }
+        Ok(())
+    }
+}
+
+/// The scheme and authority of an upstream URL: `http://` only, with no path.
+pub(crate) fn upstream_uri(text: &str) -> Result<Uri, String> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a URL; write it like http://127.0.0.1:3000"))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err(format!(
+            "`{text}`: upstreams are reached over plain http:// on a private network; \
+             write it like http://127.0.0.1:3000"
+        ));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!("`{text}` has a path; give only http://HOST:PORT"));
+    }
+    Ok(uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m 30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("ten"), None);
+        assert_eq!(parse_duration("-1s"), None);
+    }
+
+    #[test]
+    fn upstreams_must_be_plain_http_without_a_path() {
+        assert!(upstream_uri("http://127.0.0.1:3000").is_ok());
+        assert!(upstream_uri("https://app.internal").is_err());
+        assert!(upstream_uri("http://app.internal/api").is_err());
+        assert!(upstream_uri("127.0.0.1:3000").is_err());
+    }
+
+    #[test]
+    fn mistakes_name_their_setting() {
+        let mut options = GatewayOptions::new("http://127.0.0.1:1");
+        options.limits.max_header_bytes = 100;
+        let Err(Error::BadSetting { setting, .. }) = options.validate() else {
+            panic!("accepted")
+        };
+        assert_eq!(setting, "limits.max_header_bytes");
+        let mut options = GatewayOptions::new("http://127.0.0.1:1");
+        options.headers.hsts_max_age = 10;
+        let Err(Error::BadSetting { setting, .. }) = options.validate() else {
+            panic!("accepted")
+        };
+        assert_eq!(setting, "headers.hsts_max_age");
+    }
+}

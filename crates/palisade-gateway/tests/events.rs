@@ -1,0 +1,156 @@
+//! Security events: every refusal, the gateway's and hyper's own, emits exactly one event on
+//! `palisade::security` with its kind, client, route, rule and action. A test binary of its
+//! own, as it installs the process-wide tracing subscriber.
+
+#[path = "gateway/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use support::{TestGateway, Upstream, options, read_all};
+use tokio::io::AsyncWriteExt;
+
+type Fields = Vec<(String, String)>;
+
+/// Keeps the fields of every `palisade::security` event.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<Fields>>);
+
+struct Visit<'a>(&'a mut Fields);
+
+impl tracing::field::Visit for Visit<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.push((field.name().into(), format!("{value:?}")));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.push((field.name().into(), value.into()));
+    }
+}
+
+impl tracing::Subscriber for Recorder {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        metadata.target() == palisade_guard::reject::SECURITY_TARGET
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = Vec::new();
+        event.record(&mut Visit(&mut fields));
+        self.0.lock().unwrap().push(fields);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+fn field<'a>(fields: &'a Fields, name: &str) -> &'a str {
+    fields
+        .iter()
+        .find(|(n, _)| n == name)
+        .map_or("", |(_, v)| v.as_str())
+}
+
+/// The events recorded since the last call, waiting briefly for the gateway's tasks.
+async fn take(recorder: &Recorder, expected: usize) -> Vec<Fields> {
+    for _ in 0..100 {
+        if recorder.0.lock().unwrap().len() >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::mem::take(&mut *recorder.0.lock().unwrap())
+}
+
+#[tokio::test]
+async fn every_refusal_emits_one_security_event() {
+    let recorder = Arc::new(Recorder::default());
+    tracing::subscriber::set_global_default(recorder.clone()).unwrap();
+    let upstream = Upstream::start().await;
+    let mut options = options(&upstream);
+    options.hosts = vec!["localhost".into()];
+    options.timeouts.header_read = Duration::from_millis(300);
+    options.csp_report = Some(Default::default());
+    let gateway = TestGateway::start(options).await;
+
+    let cases: [(&[u8], &str, &str, &str, &str); 3] = [
+        (
+            b"POST /login?pw=x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\n\
+              Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+            "ambiguous_framing",
+            "content-length-with-transfer-encoding",
+            "/login",
+            "reject",
+        ),
+        (
+            b"GET /admin HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+            "unknown_host",
+            "host-not-configured",
+            "/admin",
+            "reject",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: localhost\r\nX-A: a\rb\r\nConnection: close\r\n\r\n",
+            "malformed",
+            "http-parse-error",
+            "",
+            "reject",
+        ),
+    ];
+    for (raw, kind, rule, route, action) in cases {
+        let answer = gateway.raw(raw).await;
+        assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let events = take(&recorder, 1).await;
+        assert_eq!(events.len(), 1, "{kind}: {events:?}");
+        let event = &events[0];
+        assert_eq!(field(event, "kind"), kind);
+        assert_eq!(field(event, "rule"), rule);
+        assert_eq!(field(event, "route"), route);
+        assert_eq!(field(event, "action"), action);
+        assert_eq!(field(event, "client"), "127.0.0.1");
+        assert!(!format!("{event:?}").contains("pw=x"), "{event:?}");
+    }
+
+    let report = r#"{"csp-report": {"document-uri": "https://localhost/cart?s=1",
+        "effective-directive": "script-src-elem", "blocked-uri": "https://evil.example/x.js"}}"#;
+    let request = format!(
+        "POST /.well-known/csp-report HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{report}",
+        report.len()
+    );
+    let answer = gateway.raw(request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    let events = take(&recorder, 1).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(field(&events[0], "kind"), "csp_violation");
+    assert_eq!(
+        field(&events[0], "rule"),
+        "script-src-elem https://evil.example"
+    );
+    assert_eq!(field(&events[0], "route"), "/cart");
+    assert_eq!(field(&events[0], "action"), "report");
+
+    let large = format!(
+        "GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(20_000)
+    );
+    gateway.raw(large.as_bytes()).await;
+    let events = take(&recorder, 1).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(field(&events[0], "kind"), "headers_too_large");
+
+    let mut slow = gateway.tls().await;
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    read_all(&mut slow).await;
+    let events = take(&recorder, 1).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(field(&events[0], "kind"), "slow_headers");
+    assert_eq!(field(&events[0], "action"), "close");
+}

@@ -1,0 +1,302 @@
+//! The test harness: a recording upstream, a gateway in front of it, and clients (raw bytes,
+//! hyper over TLS, curl).
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, channel::Channel};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use palisade_gateway::{Gateway, GatewayOptions, SelfSigned};
+use palisade_guard::Body;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::{Notify, oneshot},
+};
+
+/// What the upstream received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A small application on 127.0.0.1 that records every request.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    /// Lets `/stream` send its second chunk.
+    pub release: Arc<Notify>,
+}
+
+impl Upstream {
+    pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// An upstream on `addr` (a port that was free a moment ago, say).
+    pub async fn start_on(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let release = Arc::new(Notify::new());
+        let (log, gate) = (received.clone(), release.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (log, gate) = (log.clone(), gate.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        answer(req, log.clone(), gate.clone())
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            received,
+            release,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+async fn answer(
+    mut req: Request<Incoming>,
+    log: Arc<Mutex<Vec<Received>>>,
+    gate: Arc<Notify>,
+) -> Result<Response<Body>, hyper::Error> {
+    let upgrade = req.uri().path() == "/ws";
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let body = if path == "/stream-up" {
+        Bytes::new()
+    } else {
+        body.collect().await?.to_bytes()
+    };
+    log.lock().unwrap().push(Received {
+        method: parts.method.to_string(),
+        target: parts.uri.to_string(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    });
+    let mut response = Response::new(Body::from("hello from upstream"));
+    let headers = response.headers_mut();
+    headers.insert("server", "upstream/1.0".parse().unwrap());
+    headers.insert("x-powered-by", "Express".parse().unwrap());
+    match path.as_str() {
+        "/cookies" => {
+            headers.append("set-cookie", "sid=abc; Path=/".parse().unwrap());
+            headers.append(
+                "set-cookie",
+                "__Host-id=1; Domain=localhost; Path=/app".parse().unwrap(),
+            );
+        }
+        "/ws" => {
+            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let headers = response.headers_mut();
+            headers.insert("connection", "upgrade".parse().unwrap());
+            headers.insert("upgrade", "echo".parse().unwrap());
+            let on_upgrade = on_upgrade.unwrap();
+            tokio::spawn(async move {
+                let mut io = TokioIo::new(on_upgrade.await.unwrap());
+                let mut buf = [0u8; 64];
+                let n = io.read(&mut buf).await.unwrap();
+                io.write_all(&buf[..n].to_ascii_uppercase()).await.unwrap();
+            });
+        }
+        "/no-upgrade" => {
+            *response.status_mut() = StatusCode::FORBIDDEN;
+        }
+        "/stream" => {
+            let (mut sender, body) = Channel::<Bytes, hyper::Error>::new(1);
+            tokio::spawn(async move {
+                sender
+                    .send_data(Bytes::from_static(b"first;"))
+                    .await
+                    .unwrap();
+                gate.notified().await;
+                sender
+                    .send_data(Bytes::from_static(b"second"))
+                    .await
+                    .unwrap();
+            });
+            *response.body_mut() = Body::new(body);
+        }
+        "/stream-up" => {
+            // Answer before reading the body: the gateway must not wait for all of it.
+            *response.body_mut() = Body::from("answered before the body ended");
+        }
+        _ => {}
+    }
+    Ok(response)
+}
+
+/// A gateway on 127.0.0.1 with a self-signed certificate for `localhost`.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub http_addr: Option<SocketAddr>,
+    pub reloader: palisade_gateway::CertReloader,
+    pub ca: PathBuf,
+    _dir: tempfile::TempDir,
+    _stop: oneshot::Sender<()>,
+}
+
+/// Options for a gateway in front of `upstream`, listening on free loopback ports.
+pub fn options(upstream: &Upstream) -> GatewayOptions {
+    let mut options = GatewayOptions::new(upstream.url());
+    options.listen = "127.0.0.1:0".parse().unwrap();
+    options
+}
+
+impl TestGateway {
+    /// Starts a gateway; without certificates in `options`, one is written for `localhost`.
+    pub async fn start(mut options: GatewayOptions) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        if options.tls.certificates.is_empty() {
+            let files = SelfSigned::generate(&["localhost".into()])
+                .unwrap()
+                .write(&dir.path().join("tls"))
+                .unwrap();
+            options.tls.certificates.push(files);
+        }
+        let ca = options.tls.certificates[0].cert.clone();
+        let gateway = Gateway::bind(options, None).await.unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (addr, http_addr, reloader) = (
+            gateway.local_addr(),
+            gateway.http_local_addr(),
+            gateway.reloader(),
+        );
+        tokio::spawn(gateway.run(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            http_addr,
+            reloader,
+            ca,
+            _dir: dir,
+            _stop: stop,
+        }
+    }
+
+    /// A TLS connection to the gateway for `localhost`, trusting the test certificate.
+    pub async fn tls(&self) -> tokio_rustls::client::TlsStream<TcpStream> {
+        tls_connect(self.addr, &self.ca, "localhost").await
+    }
+
+    /// Sends `raw` over TLS and reads the whole answer (the request should say
+    /// `Connection: close`).
+    pub async fn raw(&self, raw: &[u8]) -> String {
+        let mut stream = self.tls().await;
+        stream.write_all(raw).await.unwrap();
+        read_all(&mut stream).await
+    }
+
+    /// Sends `request` over TLS with hyper's HTTP/1.1 client.
+    pub async fn send(&self, request: Request<Full<Bytes>>) -> (Response<()>, Bytes) {
+        send_over(self.tls().await, request).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.addr.port())
+    }
+
+    /// `curl` against the gateway, with `localhost` resolving to it and its certificate trusted.
+    pub async fn curl(&self, args: &[&str]) -> std::process::Output {
+        let resolve = format!("localhost:{}:127.0.0.1", self.addr.port());
+        tokio::process::Command::new("curl")
+            .args([
+                "--silent",
+                "--show-error",
+                "--max-time",
+                "10",
+                "--resolve",
+                &resolve,
+                "--cacert",
+            ])
+            .arg(&self.ca)
+            .args(args)
+            .output()
+            .await
+            .unwrap()
+    }
+}
+
+pub async fn tls_connect(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    name: &str,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from(name.to_string()).unwrap();
+    connector.connect(name, stream).await.unwrap()
+}
+
+pub async fn send_over<I>(io: I, request: Request<Full<Bytes>>) -> (Response<()>, Bytes)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let response = sender.send_request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (Response::from_parts(parts, ()), body)
+}
+
+/// Everything the peer sends until it closes, within five seconds.
+pub async fn read_all<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> String {
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer));
+    // A TLS peer that closes without close_notify still gave us everything before it.
+    let _ = read
+        .await
+        .expect("the gateway neither answered nor closed within 5 s");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A request to the gateway for `localhost`.
+pub fn get(path: &str) -> Request<Full<Bytes>> {
+    Request::get(path)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}

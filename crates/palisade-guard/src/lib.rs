@@ -1,0 +1,26 @@
+//! Tower layers that harden a web application's HTTP traffic, usable alone or composed by
+//! `palisade-gateway`.
+//!
+//! Each protection is a `Layer` + `Service` pair in its own module. Layers take typed options
+//! and never read the environment or files. A layer that refuses a request answers with a
+//! response built by [`reject`] and emits one security event; see `docs/gateway.md`.
+
+pub mod body;
+pub mod client_ip;
+pub mod csp_report;
+pub mod headers;
+pub mod host;
+pub mod redirect;
+pub mod reject;
+pub mod security_txt;
+
+pub use body::{Body, BoxError};
+pub use client_ip::{ClientAddr, ClientIpLayer, ClientIpOptions, Peer};
+pub use csp_report::{CspReportLayer, CspReportOptions};
+pub use headers::{CookieOptions, SameSite, SecurityHeadersLayer, SecurityHeadersOptions};
+pub use redirect::{HttpsRedirectLayer, HttpsRedirectOptions};
+pub use reject::{Rejection, RejectionKind};
+pub use security_txt::{SecurityTxtLayer, SecurityTxtOptions};
+
+/// A boxed future, as the services of this crate return.
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;

@@ -1,0 +1,351 @@
+//! Rejections: every refused request gets a small branded page (or JSON when the client
+//! prefers it) and emits exactly one security event, through [`Rejection::respond`].
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use http::{Extensions, HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
+
+use crate::client_ip::{ClientAddr, Peer};
+
+/// The tracing target of every security event.
+pub const SECURITY_TARGET: &str = "palisade::security";
+
+/// Why a request was refused. The same name is the log field, and later the metric label and
+/// the dashboard category.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectionKind {
+    /// Framing that two parsers could read differently (request smuggling, desync).
+    AmbiguousFraming,
+    /// A request that is malformed in another way (no host, say).
+    Malformed,
+    /// A `Host` that is not one of the configured host names.
+    UnknownHost,
+    /// A request target longer than the limit.
+    UriTooLong,
+    /// A body larger than the limit.
+    BodyTooLarge,
+    /// A request line and headers larger than the limit, or too many headers.
+    HeadersTooLarge,
+    /// Headers that did not arrive within the header read timeout (slowloris).
+    SlowHeaders,
+    /// A body whose next bytes did not arrive within the body read timeout.
+    SlowBody,
+    /// Not a refusal: a browser's report that the Content-Security-Policy blocked something.
+    CspViolation,
+}
+
+impl RejectionKind {
+    /// The snake_case name used in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AmbiguousFraming => "ambiguous_framing",
+            Self::Malformed => "malformed",
+            Self::UnknownHost => "unknown_host",
+            Self::UriTooLong => "uri_too_long",
+            Self::BodyTooLarge => "body_too_large",
+            Self::HeadersTooLarge => "headers_too_large",
+            Self::SlowHeaders => "slow_headers",
+            Self::SlowBody => "slow_body",
+            Self::CspViolation => "csp_violation",
+        }
+    }
+
+    /// The status a response for this kind has.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::AmbiguousFraming | Self::Malformed => StatusCode::BAD_REQUEST,
+            Self::UnknownHost => StatusCode::MISDIRECTED_REQUEST,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::SlowHeaders | Self::SlowBody => StatusCode::REQUEST_TIMEOUT,
+            Self::CspViolation => StatusCode::NO_CONTENT,
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Self::AmbiguousFraming => "The request's length or encoding is ambiguous.",
+            Self::Malformed => "The request is malformed.",
+            Self::UnknownHost => "This server does not answer for the host name requested.",
+            Self::UriTooLong => "The requested address is too long.",
+            Self::BodyTooLarge => "The request body is too large.",
+            Self::HeadersTooLarge => "The request headers are too large.",
+            Self::SlowHeaders => "The request headers took too long to arrive.",
+            Self::SlowBody => "The request body took too long to arrive.",
+            Self::CspViolation => "The report was received.",
+        }
+    }
+}
+
+/// A policy decision to refuse a request: its kind and the rule that made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    /// Why, in general.
+    pub kind: RejectionKind,
+    /// The exact rule, such as `content-length-with-transfer-encoding`.
+    pub rule: &'static str,
+}
+
+impl Rejection {
+    /// A rejection of `kind` by `rule`.
+    pub fn new(kind: RejectionKind, rule: &'static str) -> Self {
+        Self { kind, rule }
+    }
+
+    /// The response for `req`, after emitting the security event.
+    pub fn respond_to<T, B: From<Bytes>>(self, req: &Request<T>) -> Response<B> {
+        self.respond(req.uri(), req.headers(), req.extensions())
+    }
+
+    /// The response for a request with these parts, after emitting the security event.
+    pub fn respond<B: From<Bytes>>(
+        self,
+        uri: &Uri,
+        headers: &HeaderMap,
+        extensions: &Extensions,
+    ) -> Response<B> {
+        let route = route_of(uri);
+        record(
+            self.kind,
+            self.rule,
+            client_of(extensions),
+            &route,
+            "reject",
+        );
+        error_page(
+            self.kind.status(),
+            self.kind.message(),
+            Some(self.kind),
+            headers,
+        )
+    }
+}
+
+/// Emits the security event of one refusal: the only place such events are made. `action` is
+/// `reject` when a response went out, `close` when the connection was closed instead (a
+/// client too slow to send its headers).
+pub fn record(
+    kind: RejectionKind,
+    rule: &str,
+    client: Option<IpAddr>,
+    route: &str,
+    action: &'static str,
+) {
+    tracing::warn!(
+        target: SECURITY_TARGET,
+        kind = kind.as_str(),
+        client = client.map(|ip| ip.to_string()).unwrap_or_default(),
+        route,
+        rule,
+        action,
+        status = kind.status().as_u16(),
+    );
+}
+
+/// A page for `status` (a rejection's, or a gateway error such as 502), as HTML or JSON by the
+/// request's `Accept`.
+pub fn error_page<B: From<Bytes>>(
+    status: StatusCode,
+    message: &str,
+    kind: Option<RejectionKind>,
+    request_headers: &HeaderMap,
+) -> Response<B> {
+    let (content_type, body) = if prefers_json(request_headers) {
+        let value = serde_json::json!({
+            "error": {
+                "status": status.as_u16(),
+                "kind": kind.map(RejectionKind::as_str),
+                "message": message,
+            }
+        });
+        ("application/json", value.to_string())
+    } else {
+        ("text/html; charset=utf-8", html_page(status, message, kind))
+    };
+    let mut response = Response::new(B::from(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        ),
+    );
+    response
+}
+
+fn html_page(status: StatusCode, message: &str, kind: Option<RejectionKind>) -> String {
+    let code = status.as_u16();
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let tag = kind
+        .map(|k| format!(" · {}", k.as_str()))
+        .unwrap_or_default();
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width\"><title>{code} {reason}</title>\
+         <style>body{{font:16px/1.5 system-ui,sans-serif;max-width:36rem;margin:4rem auto;\
+         padding:0 1rem;color:#222}}small{{color:#666}}</style></head>\
+         <body><h1>{code} {reason}</h1><p>{message}</p>\
+         <p><small>Palisade gateway{tag}</small></p></body></html>\n"
+    )
+}
+
+/// Whether `Accept` ranks `application/json` above `text/html`.
+pub fn prefers_json(headers: &HeaderMap) -> bool {
+    let (mut json, mut html) = (0.0_f32, 0.0_f32);
+    for value in headers.get_all(header::ACCEPT) {
+        let Ok(value) = value.to_str() else { continue };
+        for range in value.split(',') {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            match media.as_str() {
+                "application/json" => json = json.max(q),
+                "text/html" => html = html.max(q),
+                _ => {}
+            }
+        }
+    }
+    json > html
+}
+
+/// The resolved client address, or the peer's when no resolver ran.
+fn client_of(extensions: &Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<ClientAddr>()
+        .map(|c| c.0)
+        .or_else(|| extensions.get::<Peer>().map(|p| p.addr.ip()))
+}
+
+/// The path, without the query (which may carry tokens), cut to 256 bytes.
+fn route_of(uri: &Uri) -> String {
+    let path = uri.path();
+    let end = (0..=path.len().min(256))
+        .rev()
+        .find(|i| path.is_char_boundary(*i))
+        .unwrap_or(0);
+    path[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(value: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::from_static(value));
+        headers
+    }
+
+    #[test]
+    fn json_only_when_ranked_above_html() {
+        assert!(prefers_json(&accept("application/json")));
+        assert!(prefers_json(&accept("text/html;q=0.5, application/json")));
+        assert!(!prefers_json(&accept("text/html,application/json;q=0.9")));
+        assert!(!prefers_json(&accept("*/*")));
+        assert!(!prefers_json(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn a_rejection_is_a_page_with_its_status() {
+        let req = Request::get("/login?token=secret").body(()).unwrap();
+        let rejection = Rejection::new(RejectionKind::UnknownHost, "host-not-configured");
+        let response: Response<Bytes> = rejection.respond_to(&req);
+        assert_eq!(response.status(), StatusCode::MISDIRECTED_REQUEST);
+        let body = String::from_utf8(response.body().to_vec()).unwrap();
+        assert!(body.contains("421 Misdirected Request"), "{body}");
+        assert!(!body.contains("secret"));
+    }
+
+    #[test]
+    fn a_rejection_is_json_when_asked() {
+        let mut req = Request::get("/").body(()).unwrap();
+        *req.headers_mut() = accept("application/json");
+        let rejection = Rejection::new(RejectionKind::BodyTooLarge, "max-body-size");
+        let response: Response<Bytes> = rejection.respond_to(&req);
+        let value: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+        assert_eq!(value["error"]["status"], 413);
+        assert_eq!(value["error"]["kind"], "body_too_large");
+    }
+
+    /// An event as recorded: its target and its fields.
+    type Recorded = (String, Vec<(String, String)>);
+
+    /// Records every event's target and fields.
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<Recorded>>);
+
+    struct Fields<'a>(&'a mut Vec<(String, String)>);
+
+    impl tracing::field::Visit for Fields<'_> {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0
+                .push((field.name().to_string(), format!("{value:?}")));
+        }
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            self.0.push((field.name().to_string(), value.to_string()));
+        }
+    }
+
+    impl tracing::Subscriber for Recorder {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            let mut fields = Vec::new();
+            event.record(&mut Fields(&mut fields));
+            let target = event.metadata().target().to_string();
+            self.0.lock().unwrap().push((target, fields));
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    #[test]
+    fn each_rejection_emits_one_security_event_without_the_query() {
+        let recorder = std::sync::Arc::new(Recorder::default());
+        let mut req = Request::get("/admin?token=secret").body(()).unwrap();
+        req.extensions_mut()
+            .insert(ClientAddr("203.0.113.9".parse().unwrap()));
+        tracing::subscriber::with_default(recorder.clone(), || {
+            let rejection = Rejection::new(RejectionKind::UriTooLong, "max-uri-bytes");
+            let _: Response<Bytes> = rejection.respond_to(&req);
+        });
+        let events = recorder.0.lock().unwrap();
+        assert_eq!(events.len(), 1);
+        let (target, fields) = &events[0];
+        assert_eq!(target, SECURITY_TARGET);
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(field("kind"), Some("uri_too_long"));
+        assert_eq!(field("client"), Some("203.0.113.9"));
+        assert_eq!(field("route"), Some("/admin"));
+        assert_eq!(field("rule"), Some("max-uri-bytes"));
+        assert_eq!(field("action"), Some("reject"));
+        assert!(!format!("{fields:?}").contains("secret"));
+    }
+
+    #[test]
+    fn route_is_cut_on_a_character_boundary() {
+        let long: String = "é".repeat(300);
+        let uri: Uri = format!("/{}", long.replace('é', "%C3%A9")).parse().unwrap();
+        assert!(route_of(&uri).len() <= 256);
+    }
+}

@@ -1,0 +1,257 @@
+//! `palisade gateway`: the quick start in front of a tiny upstream, `cert self-signed`, and
+//! `config check` on a `[gateway]` section.
+
+use std::{
+    io::{Read, Write},
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    common::{Env, assert_status, stderr},
+    daemon::bare,
+};
+
+/// An upstream that answers every connection with one fixed response, from a thread.
+fn upstream() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nServer: tiny/1\r\nX-Powered-By: PHP/5\r\n\
+                  Set-Cookie: sid=1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+            );
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits up to ten seconds for `ready`.
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn curl(port: u16, extra: &[&str]) -> std::process::Output {
+    Command::new("curl")
+        .args([
+            "--silent",
+            "--show-error",
+            "--max-time",
+            "5",
+            "--insecure",
+            "--include",
+        ])
+        .args(extra)
+        .arg(format!("https://127.0.0.1:{port}/"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn quick_start_serves_hardened_https_with_a_self_signed_certificate() {
+    let env = Env::new();
+    let port = free_port();
+    let log = env.path("gateway.log");
+    let child = bare(&env)
+        .args([
+            "gateway",
+            "--upstream",
+            &upstream(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--host", "localhost", "--host", "127.0.0.1"])
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let mut running = Running(child);
+    wait_until("the gateway to serve", || curl(port, &[]).status.success());
+
+    let out = curl(port, &[]);
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(
+        text.starts_with("http/1.1 200") || text.starts_with("http/2 200"),
+        "{text}"
+    );
+    assert!(
+        text.contains("strict-transport-security: max-age=63072000; includesubdomains"),
+        "{text}"
+    );
+    assert!(
+        text.contains("set-cookie: sid=1; secure; httponly; samesite=lax"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("server:") && !text.contains("x-powered-by"),
+        "{text}"
+    );
+    let written = std::fs::read_to_string(&log).unwrap();
+    assert!(written.contains("self-signed"), "{written}");
+
+    // A refused request is a response, and its security event reaches the log.
+    let forged = curl(port, &["--http1.1", "--header", "Host: evil.example"]);
+    let text = String::from_utf8_lossy(&forged.stdout);
+    assert!(
+        text.starts_with("HTTP/1.1 421") || text.starts_with("HTTP/2 421"),
+        "{text}"
+    );
+    wait_until("the security event in the log", || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("unknown_host")
+    });
+
+    // SIGHUP keeps it running; SIGTERM stops it with success.
+    let pid = running.0.id().to_string();
+    assert_status(
+        &Command::new("kill")
+            .args(["-s", "HUP", &pid])
+            .output()
+            .unwrap(),
+        0,
+        "kill",
+    );
+    assert!(curl(port, &[]).status.success());
+    assert_status(
+        &Command::new("kill")
+            .args(["-s", "TERM", &pid])
+            .output()
+            .unwrap(),
+        0,
+        "kill",
+    );
+    let mut status = None;
+    wait_until("the gateway to exit", || {
+        status = running.0.try_wait().unwrap();
+        status.is_some()
+    });
+    assert_eq!(
+        status.unwrap().code(),
+        Some(0),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+}
+
+#[test]
+fn cert_self_signed_writes_a_private_key_and_never_replaces_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let args = [
+        "gateway",
+        "cert",
+        "self-signed",
+        "--host",
+        "localhost",
+        "--out",
+        "tls",
+    ];
+    let out = bare(&env).args(args).output().unwrap();
+    assert_status(&out, 0, "cert self-signed");
+    let mode = std::fs::metadata(env.path("tls/key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(
+        std::fs::read_to_string(env.path("tls/cert.pem"))
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+    let out = bare(&env).args(args).output().unwrap();
+    assert_status(&out, 1, "cert self-signed again");
+    assert!(stderr(&out).contains("key.pem"), "{}", stderr(&out));
+}
+
+#[test]
+fn config_check_reads_the_gateway_section() {
+    let env = Env::new();
+    let out = bare(&env)
+        .args([
+            "gateway",
+            "cert",
+            "self-signed",
+            "--host",
+            "localhost",
+            "--out",
+            "tls",
+        ])
+        .output()
+        .unwrap();
+    assert_status(&out, 0, "cert self-signed");
+    let good = "[gateway]\nupstreams = [\"http://127.0.0.1:3000\"]\n\
+                [[gateway.tls.certificates]]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n\
+                [gateway.security_txt]\ncontact = [\"mailto:s@example.com\"]\n\
+                expires = \"2020-01-01T00:00:00Z\"\n";
+    std::fs::write(env.path("palisade.toml"), good).unwrap();
+    let out = bare(&env).args(["config", "check"]).output().unwrap();
+    assert_status(&out, 0, good);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[gateway] settings"));
+    assert!(
+        stderr(&out).contains("security.txt expired"),
+        "{}",
+        stderr(&out)
+    );
+
+    let cases = [
+        (
+            "[gateway]\nupstreams = [\"http://a:1\"]\n\n[gateway.headers]\nhsts_max_age = 60\n",
+            "line 5",
+            "two years",
+        ),
+        (
+            "[gateway]\nupstreams = [\"http://a:1\"]\nhsts = 1\n",
+            "line 3",
+            "unknown field",
+        ),
+        (
+            "[gateway]\nupstreams = [\"https://a\"]\n",
+            "line 2",
+            "plain http://",
+        ),
+        (
+            "[gateway]\nupstreams = [\"http://a:1\"]\n[[gateway.tls.certificates]]\ncert = \"nope.pem\"\nkey = \"nope.key\"\n",
+            "",
+            "nope.pem",
+        ),
+    ];
+    for (config, line, message) in cases {
+        std::fs::write(env.path("palisade.toml"), config).unwrap();
+        let out = bare(&env).args(["config", "check"]).output().unwrap();
+        assert_status(&out, 1, config);
+        let err = stderr(&out);
+        assert!(
+            err.contains(line) && err.contains(message),
+            "{config}\n{err}"
+        );
+    }
+}
