@@ -14,13 +14,14 @@ use crate::{Error, Result, RunKind, RunOutcome, Store};
 /// format.
 pub fn render(store: &Store, jobs: &[String]) -> Result<String> {
     let registry = Registry::new();
-    let gauge = |name: &str, help: &str| {
-        let gauge = GaugeVec::new(Opts::new(name, help), &["job"]).expect("valid metric");
+    let labelled = |name: &str, help: &str, labels: &[&str]| {
+        let gauge = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
         registry
             .register(Box::new(gauge.clone()))
             .expect("unique metric");
         gauge
     };
+    let gauge = |name: &str, help: &str| labelled(name, help, &["job"]);
     let counter = |name: &str, help: &str| {
         let counter = IntCounterVec::new(Opts::new(name, help), &["job"]).expect("valid metric");
         registry
@@ -102,13 +103,7 @@ pub fn render(store: &Store, jobs: &[String]) -> Result<String> {
 
     // Maintenance tasks (prune, verify, restore-test), labelled by task and job ("" for a
     // task over every job).
-    let task_gauge = |name: &str, help: &str| {
-        let gauge = GaugeVec::new(Opts::new(name, help), &["task", "job"]).expect("valid metric");
-        registry
-            .register(Box::new(gauge.clone()))
-            .expect("unique metric");
-        gauge
-    };
+    let task_gauge = |name: &str, help: &str| labelled(name, help, &["task", "job"]);
     let task_success = task_gauge(
         "palisade_task_last_success_timestamp_seconds",
         "When the task's last successful run finished (Unix time).",

@@ -1,7 +1,7 @@
 //! External graders on the gateway's defaults: sslyze's check against Mozilla's intermediate
 //! TLS configuration, and the MDN HTTP Observatory. `scripts/test` installs them and names them
 //! in `PALISADE_SSLYZE` and `PALISADE_OBSERVATORY` (the scanner's `src/scan.js`); a test whose
-//! grader is not named says so and passes, so that `cargo test` alone still runs elsewhere.
+//! grader is not named fails and says how to get it, as every test whose server is missing.
 
 #[path = "gateway/support.rs"]
 #[allow(dead_code)]
@@ -50,13 +50,11 @@ fn ca_and_leaf(dir: &Path) -> (PathBuf, CertificateFiles) {
     (ca_path, files)
 }
 
-/// The grader named by `variable`, or `None` after saying the test is skipped.
-fn grader(variable: &str) -> Option<PathBuf> {
-    let path = std::env::var_os(variable).map(PathBuf::from);
-    if path.is_none() {
-        eprintln!("skipped: {variable} is not set (scripts/test installs the grader and sets it)");
-    }
-    path
+/// The grader named by `variable`; these tests never skip silently.
+fn grader(variable: &str) -> PathBuf {
+    std::env::var_os(variable).map(PathBuf::from).unwrap_or_else(|| {
+        panic!("{variable} is not set: run the tests with scripts/test, which installs the grader and sets it")
+    })
 }
 
 async fn start(dir: &Path, csp: Option<&str>) -> (Upstream, TestGateway, PathBuf) {
@@ -71,9 +69,7 @@ async fn start(dir: &Path, csp: Option<&str>) -> (Upstream, TestGateway, PathBuf
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sslyze_finds_the_defaults_compliant_with_mozilla_intermediate() {
-    let Some(sslyze) = grader("PALISADE_SSLYZE") else {
-        return;
-    };
+    let sslyze = grader("PALISADE_SSLYZE");
     let dir = tempfile::tempdir().unwrap();
     let (_upstream, gateway, ca) = start(dir.path(), None).await;
     let output = tokio::process::Command::new(sslyze)
@@ -103,9 +99,7 @@ async fn observatory(scan: &Path, ca: &Path, port: u16) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_observatory_grades_a_strict_policy_a_plus_and_faults_only_csp_by_default() {
-    let Some(scan) = grader("PALISADE_OBSERVATORY") else {
-        return;
-    };
+    let scan = grader("PALISADE_OBSERVATORY");
     let dir = tempfile::tempdir().unwrap();
     let strict = "default-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'";
     let (_upstream, gateway, ca) = start(dir.path(), Some(strict)).await;

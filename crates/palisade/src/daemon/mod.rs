@@ -379,6 +379,14 @@ impl Daemon<'_> {
             .unwrap_or_else(|| self.default_location())
     }
 
+    /// The repository a task works on: its job's, or the default one.
+    fn task_location(&self, task: &TaskConfig) -> String {
+        match task.job.as_deref().map(|name| self.config.job(name)) {
+            Some(Ok(job)) => self.location(job),
+            _ => self.default_location(),
+        }
+    }
+
     /// The default repository's location (`--repo`, else the config's).
     fn default_location(&self) -> String {
         self.global
@@ -486,10 +494,7 @@ impl Daemon<'_> {
             .and_then(|(_, s)| s.timeout)
             .and_then(|t| chrono::Duration::from_std(t).ok())
             .map(|t| now + t);
-        let location = match task.job.as_deref().map(|n| self.config.job(n)) {
-            Some(Ok(job)) => self.location(job),
-            _ => self.default_location(),
-        };
+        let location = self.task_location(task);
         let mut command = self.command(true);
         command.arg("--json").args(task.args());
         let boxed = Box::new(task.clone());
@@ -893,13 +898,7 @@ impl Daemon<'_> {
             .tasks
             .iter()
             .filter(|t| t.run == crate::tasks::TaskRun::Prune)
-            .map(|t| {
-                let location = match t.job.as_deref().map(|n| self.config.job(n)) {
-                    Some(Ok(job)) => self.location(job),
-                    _ => self.default_location(),
-                };
-                task_problem(t, &location, "").subject
-            })
+            .map(|t| task_problem(t, &self.task_location(t), "").subject)
             .collect();
         for alert in open {
             if alert.rule == Rule::RetentionFailed.as_str()

@@ -162,7 +162,8 @@ pub fn notices(received: &[Received], path: &str, rule: &str) -> Vec<String> {
         .collect()
 }
 
-fn scrape(port: u16) -> String {
+/// `GET /metrics` of the daemon's endpoint on `port`.
+pub fn scrape(port: u16) -> String {
     ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
         .call()
         .unwrap()

@@ -55,6 +55,24 @@ impl Archive {
         PgServer::start_with(&[("archive_mode", "on"), ("archive_command", &push)])
     }
 
+    /// An archiving server with a `shop` database whose `events` table holds the rows of stage
+    /// `t1`, written after a base backup and archived.
+    fn shop_with_base_backup(&self) -> PgServer {
+        let server = self.server();
+        server.psql("postgres", "CREATE DATABASE shop");
+        server.psql("shop", "CREATE TABLE events (stage text, n int)");
+        self.ok(&[
+            "pg",
+            "base-backup",
+            "--postgres",
+            &server.url("postgres"),
+            "--fast-checkpoint",
+        ]);
+        insert(&server, "t1");
+        switch_and_wait(&server);
+        server
+    }
+
     /// `palisade --config FILE ARGS` as the server's account.
     fn palisade(&self, args: &[&str]) -> Output {
         self.palisade_with(&self.config, args)
@@ -275,18 +293,7 @@ fn pitr_restores_to_a_time_and_an_lsn_and_reports_a_gap() {
 #[test]
 fn the_pitr_runbook_recovers_a_table_a_migration_dropped() {
     let archive = Archive::new();
-    let server = archive.server();
-    server.psql("postgres", "CREATE DATABASE shop");
-    server.psql("shop", "CREATE TABLE events (stage text, n int)");
-    archive.ok(&[
-        "pg",
-        "base-backup",
-        "--postgres",
-        &server.url("postgres"),
-        "--fast-checkpoint",
-    ]);
-    insert(&server, "t1");
-    switch_and_wait(&server);
+    let server = archive.shop_with_base_backup();
     let before = server.psql("postgres", "SELECT clock_timestamp()");
     server.psql("shop", "DROP TABLE events");
     switch_and_wait(&server);
@@ -499,18 +506,7 @@ fn wal_check_reports_timelines_without_history_or_parent() {
 #[test]
 fn restore_test_replays_the_archive_to_its_end_on_a_private_server() {
     let archive = Archive::new();
-    let server = archive.server();
-    server.psql("postgres", "CREATE DATABASE shop");
-    server.psql("shop", "CREATE TABLE events (stage text, n int)");
-    archive.ok(&[
-        "pg",
-        "base-backup",
-        "--postgres",
-        &server.url("postgres"),
-        "--fast-checkpoint",
-    ]);
-    insert(&server, "t1");
-    switch_and_wait(&server);
+    let _server = archive.shop_with_base_backup();
 
     // As the server's account: the non-root path, where the private server runs as the caller.
     let out = archive.ok(&["--json", "restore-test", "--job", "pitr"]);

@@ -292,7 +292,8 @@ fn verified_env() -> (Env, PathBuf) {
     (env, config)
 }
 
-fn files_in(dir: &Path) -> Vec<PathBuf> {
+/// The files below `dir`, largest first.
+pub fn files_in(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = walk(dir).into_iter().filter(|p| p.is_file()).collect();
     files.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).unwrap().len()));
     files

@@ -2,35 +2,15 @@
 //! records, alerts and metrics; the run lock that keeps a backup by hand and the daemon's apart;
 //! the repository-unreachable alarm; jitter; and the config check's answers to bad tasks.
 
-use std::path::{Path, PathBuf};
-
 use palisade_testkit::webhook::WebhookReceiver;
 
 use crate::common::*;
 use crate::daemon::{
-    RunningDaemon, bare, bare_json, notices, runs, setup, wait_runs, write_config,
+    RunningDaemon, bare, bare_json, notices, runs, scrape, setup, wait_runs, write_config,
 };
+use crate::prove::files_in;
 
 const SHOP: &str = "[[jobs]]\nname = \"shop\"\nsources = [{ sqlite = \"shop.db\" }]\n";
-
-fn scrape(port: u16) -> String {
-    ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
-        .call()
-        .unwrap()
-        .into_body()
-        .read_to_string()
-        .unwrap()
-}
-
-/// The largest pack file of the repository at `repo`.
-fn largest_pack(repo: &Path) -> PathBuf {
-    let mut packs: Vec<PathBuf> = walk(&repo.join("data"))
-        .into_iter()
-        .filter(|p| p.is_file())
-        .collect();
-    packs.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).unwrap().len()));
-    packs.remove(0)
-}
 
 /// The state directory's lock file of `kind` (`job`, `repo`) for `name`, as Palisade names it.
 fn lock_file(env: &Env, kind: &str, name: &str) -> std::fs::File {
@@ -121,7 +101,7 @@ fn scheduled_verify_restore_test_and_prune_are_recorded_and_a_damaged_pack_alert
     assert!(verify["bytes_read"].as_u64().unwrap() > 100_000, "{verify}");
 
     // One flipped byte in the pack holding the database.
-    let pack = largest_pack(&env.path("repo"));
+    let pack = files_in(&env.path("repo/data")).remove(0);
     let original = std::fs::read(&pack).unwrap();
     let mut bytes = original.clone();
     let middle = bytes.len() / 2;
