@@ -18,6 +18,13 @@ pub fn check<B>(req: &Request<B>, limits: &Limits) -> Result<(), Rejection> {
         return Err(Rejection::new(RejectionKind::AmbiguousFraming, rule));
     }
     check_framing(req.headers())?;
+    // hyper counts HTTP/1 header lines itself; an HTTP/2 header list is only limited in bytes.
+    if req.headers().len() > limits.max_headers {
+        return Err(Rejection::new(
+            RejectionKind::HeadersTooLarge,
+            "max-headers",
+        ));
+    }
     // `OPTIONS *` and CONNECT's `host:port` name no resource of the application.
     if !req.uri().path().starts_with('/') {
         return Err(Rejection::new(
@@ -121,6 +128,22 @@ mod tests {
         }
         let absolute = Request::get("http://example.com/a?b").body(()).unwrap();
         assert!(check(&absolute, &Limits::default()).is_ok());
+    }
+
+    #[test]
+    fn too_many_headers_are_refused_whatever_the_protocol() {
+        let mut req = Request::get("/").body(()).unwrap();
+        let limits = Limits::default();
+        for n in 0..limits.max_headers {
+            let name = http::HeaderName::try_from(format!("x-{n}")).unwrap();
+            req.headers_mut().insert(name, "v".parse().unwrap());
+        }
+        assert!(check(&req, &limits).is_ok());
+        req.headers_mut().insert("x-one-more", "v".parse().unwrap());
+        assert_eq!(
+            check(&req, &limits).err().map(|r| r.rule),
+            Some("max-headers")
+        );
     }
 
     #[test]

@@ -329,18 +329,35 @@ impl SelfSigned {
             key: dir.join("key.pem"),
             ocsp: None,
         };
+        // Neither file is written when either exists: a new key beside an old certificate
+        // would be a pair that does not match.
+        for path in [&files.key, &files.cert] {
+            if path.exists() {
+                return Err(write_error(
+                    path,
+                    std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+                ));
+            }
+        }
+        let mut written = Vec::new();
         for (path, text, mode) in [
             (&files.key, &self.key_pem, 0o600),
             (&files.cert, &self.cert_pem, 0o644),
         ] {
-            let mut file = std::fs::OpenOptions::new()
+            let result = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(mode)
                 .open(path)
-                .map_err(|err| write_error(path, err))?;
-            file.write_all(text.as_bytes())
-                .map_err(|err| write_error(path, err))?;
+                .and_then(|mut file| file.write_all(text.as_bytes()));
+            if let Err(err) = result {
+                // Take back what this call wrote (a half-written pair is of no use).
+                for done in &written {
+                    let _ = std::fs::remove_file(done);
+                }
+                return Err(write_error(path, err));
+            }
+            written.push(path.clone());
         }
         Ok(files)
     }
@@ -395,6 +412,22 @@ mod tests {
             matches!(again, Err(Error::Write { .. })),
             "replaced an existing key"
         );
+
+        // Only the certificate left: nothing is written, so no new key beside the old cert.
+        std::fs::remove_file(&files.key).unwrap();
+        let cert = std::fs::read(&files.cert).unwrap();
+        let again = SelfSigned::generate(&["localhost".into()])
+            .unwrap()
+            .write(dir.path());
+        assert!(
+            matches!(&again, Err(Error::Write { path, .. }) if path == &files.cert),
+            "{again:?}"
+        );
+        assert!(
+            !files.key.exists(),
+            "a key was written beside the old certificate"
+        );
+        assert_eq!(std::fs::read(&files.cert).unwrap(), cert);
     }
 
     #[test]

@@ -140,12 +140,26 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        if self.shared.acme_passthrough && req.uri().path().starts_with(ACME_PREFIX) {
+        if self.shared.acme_passthrough && is_acme_challenge(&req) {
             return Box::pin(self.inner.call(req));
         }
         let response = self.shared.redirect(&req);
         Box::pin(async move { Ok(response) })
     }
+}
+
+/// An HTTP-01 challenge fetch: `GET` or `HEAD` of `/.well-known/acme-challenge/TOKEN`, the token
+/// being one segment of base64url characters (RFC 8555 §8.3). Anything else under the prefix
+/// (other methods, `..` or `%2e%2e`, more segments, a query) is redirected like every other
+/// request, so that the plain listener never becomes a way to the application.
+fn is_acme_challenge<B>(req: &Request<B>) -> bool {
+    let token = req.uri().path().strip_prefix(ACME_PREFIX).unwrap_or("");
+    matches!(*req.method(), http::Method::GET | http::Method::HEAD)
+        && req.uri().query().is_none()
+        && !token.is_empty()
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
@@ -189,8 +203,27 @@ mod tests {
 
     #[tokio::test]
     async fn acme_challenges_pass_through() {
-        let response = send("evil.example", "/.well-known/acme-challenge/abc").await;
+        let response = send("evil.example", "/.well-known/acme-challenge/abc-D_9").await;
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.body().as_ref(), b"challenge");
+    }
+
+    #[tokio::test]
+    async fn only_a_challenge_token_passes_not_a_path_around_it() {
+        for target in [
+            "/.well-known/acme-challenge/../../index.html",
+            "/.well-known/acme-challenge/%2e%2e/%2e%2e/",
+            "/.well-known/acme-challenge/a/b",
+            "/.well-known/acme-challenge/",
+            "/.well-known/acme-challenge/abc?x=1",
+        ] {
+            let response = send("shop.example", target).await;
+            assert_eq!(
+                response.status(),
+                StatusCode::PERMANENT_REDIRECT,
+                "{target}"
+            );
+            assert_ne!(response.body().as_ref(), b"challenge", "{target}");
+        }
     }
 }

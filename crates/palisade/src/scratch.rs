@@ -44,7 +44,16 @@ fn remove_on_signal(dir: PathBuf) -> Result<()> {
     std::thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {
             palisade_backup::prove::stop_servers();
-            let _ = std::fs::remove_dir_all(&dir);
+            // The run's own thread may be removing parts of the directory at the same moment
+            // (its step failed when its server stopped), which can make one pass give up:
+            // try again until the directory is gone, for up to two seconds.
+            for _ in 0..100 {
+                let _ = std::fs::remove_dir_all(&dir);
+                if !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
             eprintln!(
                 "palisade: interrupted; removed the scratch directory, no snapshot was saved"
             );
