@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use http::Uri;
 use palisade_guard::{
-    ClientIpOptions, CspReportOptions, SecurityHeadersOptions, SecurityTxtOptions,
+    ClientIpOptions, CspOptions, CspReportOptions, SecurityHeadersOptions, SecurityTxtOptions,
 };
 use serde::{Deserialize, Deserializer};
 
@@ -34,7 +34,10 @@ pub struct GatewayOptions {
     /// Security headers and cookie hardening.
     #[serde(default)]
     pub headers: SecurityHeadersOptions,
-    /// Header settings of their own for some paths.
+    /// The Content-Security-Policy and its per-page nonces.
+    #[serde(default)]
+    pub csp: CspOptions,
+    /// Header and policy settings of their own for some paths.
     #[serde(default)]
     pub routes: Vec<RouteOptions>,
     /// `/.well-known/security.txt`, when given.
@@ -56,8 +59,9 @@ pub struct GatewayOptions {
     pub health_check: HealthCheckOptions,
 }
 
-/// The header settings of the paths under `prefix`; every setting not given takes its safe
-/// default (not the value in `[gateway.headers]`).
+/// The header settings of the paths under `prefix`; every header setting not given takes its
+/// safe default (not the value in `[gateway.headers]`). Without `csp`, the paths get
+/// `[gateway.csp]`; with it, that section's settings, each one not given at its default.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteOptions {
@@ -66,6 +70,8 @@ pub struct RouteOptions {
     /// The headers for these paths.
     #[serde(default)]
     pub headers: SecurityHeadersOptions,
+    /// The policy for these paths.
+    pub csp: Option<CspOptions>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -247,6 +253,7 @@ impl GatewayOptions {
             host_header: HostHeader::default(),
             tls: TlsOptions::default(),
             headers: SecurityHeadersOptions::default(),
+            csp: CspOptions::default(),
             routes: Vec::new(),
             security_txt: None,
             csp_report: None,
@@ -282,6 +289,9 @@ impl GatewayOptions {
         self.headers
             .validate()
             .map_err(|err| bad(&format!("headers.{}", err.setting), err.message))?;
+        self.csp
+            .validate()
+            .map_err(|err| bad(&format!("csp.{}", err.setting), err.message))?;
         for (index, route) in self.routes.iter().enumerate() {
             if !route.prefix.starts_with('/') {
                 return Err(bad(
@@ -295,6 +305,11 @@ impl GatewayOptions {
                     err.message,
                 )
             })?;
+            if let Some(csp) = &route.csp {
+                csp.validate().map_err(|err| {
+                    bad(&format!("routes[{index}].csp.{}", err.setting), err.message)
+                })?;
+            }
         }
         if let Some(report) = &self.csp_report
             && !report.path.starts_with('/')

@@ -14,8 +14,8 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use palisade_guard::{
-    Body, BoxError, ClientIpLayer, CspReportLayer, HttpsRedirectLayer, HttpsRedirectOptions, Peer,
-    RejectionKind, SecurityHeadersLayer, SecurityHeadersOptions, SecurityTxtLayer,
+    Body, BoxError, ClientIpLayer, CspLayer, CspReportLayer, HttpsRedirectLayer,
+    HttpsRedirectOptions, Peer, RejectionKind, SecurityHeadersLayer, SecurityTxtLayer,
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -184,18 +184,24 @@ impl Gateway {
                 host_header: options.host_header,
             },
         );
-        let report_path = options.csp_report.as_ref().map(|r| r.path.clone());
-        let reporting = |headers: &SecurityHeadersOptions| {
-            let mut headers = headers.clone();
-            headers.csp_report_uri = headers.csp_report_uri.clone().or(report_path.clone());
-            headers
-        };
-        let mut headers = SecurityHeadersLayer::new(&reporting(&options.headers))
+        let mut headers = SecurityHeadersLayer::new(&options.headers)
             .map_err(|err| bad(format!("headers.{}", err.setting), err.message))?;
         for route in &options.routes {
             headers = headers
-                .with_route(&route.prefix, &reporting(&route.headers))
+                .with_route(&route.prefix, &route.headers)
                 .map_err(|err| bad(format!("routes.headers.{}", err.setting), err.message))?;
+        }
+        let report_uri = options.csp_report.as_ref().map(|r| r.path.as_str());
+        let mut csp = CspLayer::new(&options.csp, report_uri)
+            .map_err(|err| bad(format!("csp.{}", err.setting), err.message))?;
+        for route in &options.routes {
+            csp = csp
+                .with_route(
+                    &route.prefix,
+                    route.csp.as_ref().unwrap_or(&options.csp),
+                    report_uri,
+                )
+                .map_err(|err| bad(format!("routes.csp.{}", err.setting), err.message))?;
         }
         let security_txt = options
             .security_txt
@@ -205,6 +211,7 @@ impl Gateway {
             .map_err(|err| bad(format!("security_txt.{}", err.setting), err.message))?;
         let https = ServiceBuilder::new()
             .layer(headers.clone())
+            .layer(csp)
             .layer(ClientIpLayer::new(options.client_ip.clone()))
             .option_layer(security_txt)
             .option_layer(options.csp_report.clone().map(CspReportLayer::new))

@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
 use serde::Deserialize;
 use tower::{Layer, Service};
 
-use crate::{BoxFuture, client_ip::Peer};
+use crate::{BoxFuture, client_ip::Peer, route::Routes};
 
 /// The shortest HSTS `max-age` accepted: two years, in seconds.
 pub const MIN_HSTS_MAX_AGE: u64 = 63_072_000;
@@ -88,14 +88,6 @@ pub struct SecurityHeadersOptions {
     pub cross_origin_resource_policy: String,
     /// `Cross-Origin-Embedder-Policy`, off by default as it breaks most cross-origin embeds.
     pub cross_origin_embedder_policy: Option<String>,
-    /// `Content-Security-Policy` for responses whose upstream sets none; `frame-ancestors` is
-    /// added when the policy lacks it. Without one, such responses get only `frame-ancestors`.
-    pub content_security_policy: Option<String>,
-    /// `Content-Security-Policy-Report-Only` for responses whose upstream sets none: a policy
-    /// to try out, whose violations are reported but not blocked.
-    pub content_security_policy_report_only: Option<String>,
-    /// `report-uri` added to the policies the gateway sets (not to the upstream's own).
-    pub csp_report_uri: Option<String>,
     /// Cookie hardening.
     pub cookies: CookieOptions,
 }
@@ -114,9 +106,6 @@ impl Default for SecurityHeadersOptions {
             cross_origin_opener_policy: "same-origin".into(),
             cross_origin_resource_policy: "same-origin".into(),
             cross_origin_embedder_policy: None,
-            content_security_policy: None,
-            content_security_policy_report_only: None,
-            csp_report_uri: None,
             cookies: CookieOptions::default(),
         }
     }
@@ -203,31 +192,7 @@ impl SecurityHeadersOptions {
                 value("cross_origin_embedder_policy", coep)?,
             ));
         }
-        let mut csp = match &self.content_security_policy {
-            Some(policy) => {
-                value("content_security_policy", policy)?;
-                with_frame_ancestors(policy, ancestors)
-            }
-            None => ancestors.to_string(),
-        };
-        let report = |policy: &mut String| {
-            if let Some(uri) = &self.csp_report_uri {
-                policy.push_str("; report-uri ");
-                policy.push_str(uri);
-            }
-        };
-        report(&mut csp);
-        let report_only = match &self.content_security_policy_report_only {
-            Some(policy) => {
-                let mut policy = policy.trim_end_matches([';', ' ']).to_string();
-                report(&mut policy);
-                Some(value("content_security_policy_report_only", &policy)?)
-            }
-            None => None,
-        };
         Ok(Prepared {
-            csp: value("csp_report_uri", &csp)?,
-            report_only,
             hsts: value("hsts_max_age", &hsts)?,
             frame_options: HeaderValue::from_static(frame),
             frame_ancestors: ancestors,
@@ -239,8 +204,6 @@ impl SecurityHeadersOptions {
 
 #[derive(Debug, Clone)]
 struct Prepared {
-    csp: HeaderValue,
-    report_only: Option<HeaderValue>,
     hsts: HeaderValue,
     frame_options: HeaderValue,
     frame_ancestors: &'static str,
@@ -261,12 +224,6 @@ impl Prepared {
         );
         headers.insert(header::X_FRAME_OPTIONS, self.frame_options.clone());
         self.add_frame_ancestors(headers);
-        let report_only = HeaderName::from_static("content-security-policy-report-only");
-        if let Some(policy) = &self.report_only
-            && !headers.contains_key(&report_only)
-        {
-            headers.insert(report_only, policy.clone());
-        }
         for (name, value) in &self.defaults {
             if !headers.contains_key(name) {
                 headers.insert(name.clone(), value.clone());
@@ -275,11 +232,12 @@ impl Prepared {
         self.harden_cookies(headers);
     }
 
-    /// The upstream's CSP with `frame-ancestors` added when it lacks one; ours without one.
+    /// The response's CSP (the upstream's, or the one [`crate::csp`] set) with
+    /// `frame-ancestors` added when it lacks one; `frame-ancestors` alone without a policy.
     fn add_frame_ancestors(&self, headers: &mut HeaderMap) {
         let csp = header::CONTENT_SECURITY_POLICY;
         let Some(policy) = headers.get(&csp).and_then(|v| v.to_str().ok()) else {
-            headers.insert(csp, self.csp.clone());
+            headers.insert(csp, HeaderValue::from_static(self.frame_ancestors));
             return;
         };
         let value = with_frame_ancestors(policy, self.frame_ancestors);
@@ -374,69 +332,14 @@ pub fn harden_cookie(text: &str, options: &CookieOptions) -> String {
 /// with [`with_route`](Self::with_route) get their own settings.
 #[derive(Debug, Clone)]
 pub struct SecurityHeadersLayer {
-    routes: Arc<Routes>,
-}
-
-/// The settings of each route prefix, longest first, and those of every other path.
-#[derive(Debug)]
-struct Routes {
-    prefixed: Vec<(String, Prepared)>,
-    default: Prepared,
-}
-
-impl Routes {
-    /// The settings for `path`: those of the longest prefix that is `path` itself or ends
-    /// where one of its segments ends. Percent-encoded unreserved characters are decoded
-    /// first, so that `/%61dmin` cannot dodge the settings of `/admin`.
-    fn for_path(&self, path: &str) -> &Prepared {
-        let decoded = decode_unreserved(path);
-        let path = decoded.as_str();
-        let matches = |prefix: &str| match path.strip_prefix(prefix) {
-            Some(rest) => rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/'),
-            None => false,
-        };
-        self.prefixed
-            .iter()
-            .find(|(prefix, _)| matches(prefix))
-            .map_or(&self.default, |(_, prepared)| prepared)
-    }
-}
-
-/// `path` with every `%XX` that encodes a letter, digit, `-`, `.`, `_` or `~` decoded (RFC 3986
-/// section 6.2.2.2: such URIs are equivalent); every other escape stays as it is.
-fn decode_unreserved(path: &str) -> String {
-    let bytes = path.as_bytes();
-    let mut out = String::with_capacity(path.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| path.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-            .filter(|b| b.is_ascii_alphanumeric() || b"-._~".contains(b));
-        match escaped {
-            Some(byte) => {
-                out.push(char::from(byte));
-                i += 3;
-            }
-            None => {
-                out.push(char::from(bytes[i]));
-                i += 1;
-            }
-        }
-    }
-    out
+    routes: Arc<Routes<Prepared>>,
 }
 
 impl SecurityHeadersLayer {
     /// The layer for checked `options`.
     pub fn new(options: &SecurityHeadersOptions) -> Result<Self, BadHeaderSetting> {
-        let routes = Routes {
-            prefixed: Vec::new(),
-            default: options.prepare()?,
-        };
         Ok(Self {
-            routes: Arc::new(routes),
+            routes: Arc::new(Routes::new(options.prepare()?)),
         })
     }
 
@@ -447,16 +350,7 @@ impl SecurityHeadersLayer {
         prefix: &str,
         options: &SecurityHeadersOptions,
     ) -> Result<Self, BadHeaderSetting> {
-        let mut routes = Arc::try_unwrap(self.routes).unwrap_or_else(|shared| Routes {
-            prefixed: shared.prefixed.clone(),
-            default: shared.default.clone(),
-        });
-        routes
-            .prefixed
-            .push((prefix.to_string(), options.prepare()?));
-        routes
-            .prefixed
-            .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        let routes = Arc::unwrap_or_clone(self.routes).with(prefix, options.prepare()?);
         Ok(Self {
             routes: Arc::new(routes),
         })
@@ -478,7 +372,7 @@ impl<S> Layer<S> for SecurityHeadersLayer {
 #[derive(Debug, Clone)]
 pub struct SecurityHeaders<S> {
     inner: S,
-    routes: Arc<Routes>,
+    routes: Arc<Routes<Prepared>>,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SecurityHeaders<S>
@@ -564,13 +458,13 @@ mod tests {
     }
 
     #[test]
-    fn a_configured_policy_applies_where_the_upstream_has_none() {
-        let options = SecurityHeadersOptions {
-            content_security_policy: Some("default-src 'self'".into()),
-            ..Default::default()
-        };
-        let prepared = options.prepare().unwrap();
+    fn a_policy_set_before_gets_frame_ancestors_and_one_with_its_own_is_kept() {
+        let prepared = SecurityHeadersOptions::default().prepare().unwrap();
         let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'self';"),
+        );
         prepared.apply(&mut headers, true);
         let expected = "default-src 'self'; frame-ancestors 'none'";
         assert_eq!(headers[header::CONTENT_SECURITY_POLICY], expected);
@@ -609,25 +503,6 @@ mod tests {
         assert_eq!(frame("/%65mbed/%70rivate/x"), "DENY");
         assert_eq!(frame("/embed%2Fprivate/x"), "DENY");
         assert_eq!(frame("/"), "DENY");
-    }
-
-    #[test]
-    fn a_report_only_policy_is_added_with_the_report_uri() {
-        let options = SecurityHeadersOptions {
-            content_security_policy_report_only: Some("script-src 'self';".into()),
-            csp_report_uri: Some("/.well-known/csp-report".into()),
-            ..Default::default()
-        };
-        let mut headers = HeaderMap::new();
-        options.prepare().unwrap().apply(&mut headers, true);
-        assert_eq!(
-            headers["content-security-policy-report-only"],
-            "script-src 'self'; report-uri /.well-known/csp-report"
-        );
-        assert_eq!(
-            headers[header::CONTENT_SECURITY_POLICY],
-            "frame-ancestors 'none'; report-uri /.well-known/csp-report"
-        );
     }
 
     #[test]

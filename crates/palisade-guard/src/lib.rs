@@ -7,15 +7,18 @@
 
 pub mod body;
 pub mod client_ip;
+pub mod csp;
 pub mod csp_report;
 pub mod headers;
 pub mod host;
 pub mod redirect;
 pub mod reject;
+mod route;
 pub mod security_txt;
 
 pub use body::{Body, BoxError};
 pub use client_ip::{ClientAddr, ClientIpLayer, ClientIpOptions, Peer};
+pub use csp::{CspLayer, CspMode, CspOptions, CspPolicy, DirectiveValue};
 pub use csp_report::{CspReportLayer, CspReportOptions};
 pub use headers::{CookieOptions, SameSite, SecurityHeadersLayer, SecurityHeadersOptions};
 pub use redirect::{HttpsRedirectLayer, HttpsRedirectOptions};

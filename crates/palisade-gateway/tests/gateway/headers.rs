@@ -133,6 +133,7 @@ async fn a_route_gets_its_own_header_settings() {
     let mut embed = palisade_gateway::RouteOptions {
         prefix: "/embed".into(),
         headers: Default::default(),
+        csp: None,
     };
     embed.headers.frame_options = palisade_guard::headers::FrameOptions::SameOrigin;
     options.routes.push(embed);
@@ -143,9 +144,10 @@ async fn a_route_gets_its_own_header_settings() {
             .to_str()
             .unwrap()
             .to_string();
+        let ancestors = csp.rsplit("; ").next().unwrap().to_string();
         (
             headers["x-frame-options"].to_str().unwrap().to_string(),
-            csp,
+            ancestors,
         )
     };
     let (response, _) = gateway.send(get("/embed/widget")).await;
@@ -174,9 +176,13 @@ async fn csp_reports_are_collected_by_the_gateway() {
     options.csp_report = Some(Default::default());
     let gateway = TestGateway::start(options).await;
     let (response, _) = gateway.send(get("/")).await;
-    assert_eq!(
-        response.headers()[header::CONTENT_SECURITY_POLICY],
-        "frame-ancestors 'none'; report-uri /.well-known/csp-report"
+    let policy = response.headers()[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap();
+    assert!(policy.starts_with("default-src 'self'; "), "{policy}");
+    assert!(
+        policy.ends_with("; report-uri /.well-known/csp-report; frame-ancestors 'none'"),
+        "{policy}"
     );
     let report =
         r#"{"csp-report": {"effective-directive": "script-src", "blocked-uri": "inline"}}"#;
@@ -202,6 +208,104 @@ async fn csp_reports_are_collected_by_the_gateway() {
         upstream.received().len(),
         1,
         "only the GET reaches the upstream"
+    );
+}
+
+/// The nonce in a policy.
+fn nonce_of(policy: &str) -> &str {
+    let start = policy.find("'nonce-").expect(policy) + "'nonce-".len();
+    policy[start..].split('\'').next().unwrap()
+}
+
+#[tokio::test]
+async fn pages_get_a_fresh_nonce_on_their_inline_code_and_are_not_cached() {
+    let upstream = Upstream::start().await;
+    let gateway = TestGateway::start(options(&upstream)).await;
+    let page = |path: &str| {
+        http::Request::get(path)
+            .header("host", "localhost")
+            .header("accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+            .header("accept-encoding", "gzip, br")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    let (response, body) = gateway.send(page("/page")).await;
+    let headers = response.headers();
+    let policy = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    let nonce = nonce_of(policy);
+    assert!(
+        policy.contains(&format!("script-src 'self' 'nonce-{nonce}'")),
+        "{policy}"
+    );
+    assert!(
+        policy.contains(&format!("style-src 'self' 'nonce-{nonce}'")),
+        "{policy}"
+    );
+    assert!(policy.contains("object-src 'none'"), "{policy}");
+    let body = String::from_utf8(body.to_vec()).unwrap();
+    assert_eq!(
+        body.matches(&format!(" nonce=\"{nonce}\"")).count(),
+        2,
+        "{body}"
+    );
+    assert!(
+        body.contains("<img src=\"/missing.png\" onerror="),
+        "{body}"
+    );
+    assert_eq!(headers[header::CACHE_CONTROL], "private, no-store");
+    assert!(!headers.contains_key(header::ETAG));
+    let received = upstream.received();
+    assert!(
+        !received[0].headers.contains_key("accept-encoding"),
+        "a page load is asked for uncompressed: {:?}",
+        received[0].headers
+    );
+
+    let (again, _) = gateway.send(page("/page")).await;
+    let other = again.headers()[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap();
+    assert_ne!(nonce_of(other), nonce, "each response has its own nonce");
+
+    // A compressed page cannot be rewritten: it passes unchanged, with a policy without a
+    // nonce, which blocks its inline code rather than trusting it.
+    let (response, body) = gateway.send(page("/page-gzip")).await;
+    assert_eq!(body, crate::support::PAGE);
+    let policy = response.headers()[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap();
+    assert!(!policy.contains("nonce"), "{policy}");
+}
+
+#[tokio::test]
+async fn a_route_can_try_its_policy_report_only() {
+    let upstream = Upstream::start().await;
+    let mut options = options(&upstream);
+    options.routes = vec![palisade_gateway::RouteOptions {
+        prefix: "/page".into(),
+        headers: Default::default(),
+        csp: Some(palisade_guard::CspOptions {
+            mode: palisade_guard::CspMode::ReportOnly,
+            ..Default::default()
+        }),
+    }];
+    let gateway = TestGateway::start(options).await;
+    let (response, body) = gateway.send(get("/page")).await;
+    let headers = response.headers();
+    let policy = headers["content-security-policy-report-only"]
+        .to_str()
+        .unwrap();
+    assert!(body.windows(7).any(|w| w == b"nonce=\""), "{policy}");
+    assert_eq!(
+        headers[header::CONTENT_SECURITY_POLICY],
+        "frame-ancestors 'none'",
+        "the enforced policy keeps only frame-ancestors"
+    );
+    let (response, _) = gateway.send(get("/other")).await;
+    assert!(
+        !response
+            .headers()
+            .contains_key("content-security-policy-report-only")
     );
 }
 

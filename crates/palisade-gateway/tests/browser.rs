@@ -1,0 +1,96 @@
+//! A real browser (Debian's headless Chromium) loads a page through the gateway: the page's own
+//! inline code runs with its nonce, and a stored XSS in it is blocked by the default policy, or
+//! only reported in report-only mode. `PALISADE_CHROMIUM` names the browser, `/usr/bin/chromium`
+//! by default; the test fails when it is missing, as every test whose server is missing.
+
+#[path = "gateway/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::path::PathBuf;
+
+use palisade_guard::{CspMode, CspOptions};
+use support::{TestGateway, Upstream, options};
+
+fn chromium() -> PathBuf {
+    let path = std::env::var_os("PALISADE_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    assert!(
+        path.exists(),
+        "{} is missing: install Debian's chromium (apt-get install chromium) or name the \
+         browser in PALISADE_CHROMIUM",
+        path.display()
+    );
+    path
+}
+
+/// The page's DOM after its scripts ran, as Chromium saw it.
+async fn dom_of(url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let output = tokio::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--ignore-certificate-errors",
+            "--virtual-time-budget=2000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(url)
+        .output()
+        .await
+        .unwrap();
+    let dom = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success() && dom.contains("<h1>Shop</h1>"),
+        "chromium: {}\n{dom}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    dom
+}
+
+async fn gateway(csp: CspOptions) -> (Upstream, TestGateway) {
+    let upstream = Upstream::start().await;
+    let mut options = options(&upstream);
+    options.csp = csp;
+    let gateway = TestGateway::start(options).await;
+    (upstream, gateway)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pages_own_script_runs_and_an_injected_handler_does_not() {
+    let (_upstream, gateway) = gateway(CspOptions::default()).await;
+    let dom = dom_of(&gateway.url("/page")).await;
+    assert!(dom.contains("data-inline=\"ran\""), "{dom}");
+    assert!(!dom.contains("data-xss"), "the onerror handler ran: {dom}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn report_only_blocks_nothing() {
+    let csp = CspOptions {
+        mode: CspMode::ReportOnly,
+        ..Default::default()
+    };
+    let (_upstream, gateway) = gateway(csp).await;
+    let dom = dom_of(&gateway.url("/page")).await;
+    assert!(dom.contains("data-inline=\"ran\""), "{dom}");
+    assert!(dom.contains("data-xss=\"ran\""), "{dom}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_nonces_the_policy_blocks_the_pages_own_script_too() {
+    let csp = CspOptions {
+        nonce_scripts: String::new(),
+        ..Default::default()
+    };
+    let (_upstream, gateway) = gateway(csp).await;
+    let dom = dom_of(&gateway.url("/page")).await;
+    assert!(!dom.contains("data-inline"), "{dom}");
+    assert!(!dom.contains("data-xss"), "{dom}");
+}
