@@ -18,6 +18,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 pub use options::{
     CertificateFiles, GatewayOptions, HostHeader, Limits, RouteOptions, Timeouts, TlsProfile,
+    UpstreamProtocol, UpstreamTlsOptions,
 };
 pub use server::{CertReloader, Gateway};
 pub use tls::SelfSigned;

@@ -19,8 +19,14 @@ pub struct GatewayOptions {
     pub listen: SocketAddr,
     /// The plain-HTTP listener, which only redirects to HTTPS (none by default).
     pub http_listen: Option<SocketAddr>,
-    /// The application: `http://HOST:PORT` URLs, used round robin.
+    /// The application: `http://HOST:PORT` or `https://HOST:PORT` URLs, used round robin.
     pub upstreams: Vec<String>,
+    /// The HTTP version spoken to the upstreams.
+    #[serde(default)]
+    pub upstream_protocol: UpstreamProtocol,
+    /// How `https://` upstreams are verified.
+    #[serde(default)]
+    pub upstream_tls: UpstreamTlsOptions,
     /// Host names the gateway answers for and redirects; empty accepts any `Host` on HTTPS and
     /// redirects none.
     #[serde(default)]
@@ -76,6 +82,29 @@ pub struct RouteOptions {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 443))
+}
+
+/// The HTTP version spoken to the upstreams.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 to `http://` upstreams; to `https://` ones whatever ALPN agrees, HTTP/2 first.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only: with prior knowledge (h2c) to `http://` upstreams, by ALPN to `https://`
+    /// ones. Upgrades (WebSockets) cannot pass.
+    Http2,
+}
+
+/// How `https://` upstreams are verified.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTlsOptions {
+    /// A PEM file of the CA certificates to trust instead of the system's (a private CA, or
+    /// the upstream's own self-signed certificate).
+    pub ca: Option<PathBuf>,
 }
 
 /// What `Host` the upstream sees.
@@ -249,6 +278,8 @@ impl GatewayOptions {
             listen: default_listen(),
             http_listen: None,
             upstreams: vec![upstream.into()],
+            upstream_protocol: UpstreamProtocol::default(),
+            upstream_tls: UpstreamTlsOptions::default(),
             hosts: Vec::new(),
             host_header: HostHeader::default(),
             tls: TlsOptions::default(),
@@ -368,14 +399,17 @@ pub(crate) fn upstream_uri(text: &str) -> Result<Uri, String> {
     let uri: Uri = text
         .parse()
         .map_err(|_| format!("`{text}` is not a URL; write it like http://127.0.0.1:3000"))?;
-    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
         return Err(format!(
-            "`{text}`: upstreams are reached over plain http:// on a private network; \
-             write it like http://127.0.0.1:3000"
+            "`{text}`: an upstream is an http:// or https:// URL; write it like \
+             http://127.0.0.1:3000"
         ));
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(format!("`{text}` has a path; give only http://HOST:PORT"));
+        return Err(format!(
+            "`{text}` has a path; give only {}://HOST:PORT",
+            uri.scheme_str().unwrap_or("http")
+        ));
     }
     Ok(uri)
 }
@@ -394,9 +428,11 @@ mod tests {
     }
 
     #[test]
-    fn upstreams_must_be_plain_http_without_a_path() {
+    fn upstreams_must_be_http_urls_without_a_path() {
         assert!(upstream_uri("http://127.0.0.1:3000").is_ok());
-        assert!(upstream_uri("https://app.internal").is_err());
+        assert!(upstream_uri("https://app.internal").is_ok());
+        assert!(upstream_uri("ftp://app.internal").is_err());
+        assert!(upstream_uri("https://app.internal/api").is_err());
         assert!(upstream_uri("http://app.internal/api").is_err());
         assert!(upstream_uri("127.0.0.1:3000").is_err());
     }

@@ -16,10 +16,7 @@ use http::{
 };
 use http_body_util::Limited;
 use hyper::body::Incoming;
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioIo,
-};
+use hyper_util::{client::legacy::Client, rt::TokioIo};
 use palisade_guard::{
     Body, BoxFuture, ClientAddr, Peer, Rejection, RejectionKind, host, reject::error_page,
 };
@@ -29,7 +26,7 @@ use crate::{
     body_timeout::{BodyReadTimeout, BodyTimeout},
     options::{HostHeader, Limits, Timeouts},
     strict,
-    upstream::{Pool, Upstream},
+    upstream::{Connector, Pool, Upstream},
 };
 
 /// Headers that describe one connection, never forwarded (RFC 9110 section 7.6.1).
@@ -70,7 +67,7 @@ impl std::fmt::Debug for Proxy {
 
 struct Shared {
     pool: Arc<Pool>,
-    client: Client<HttpConnector, Body>,
+    client: Client<Connector, Body>,
     limits: Limits,
     timeouts: Timeouts,
     hosts: HashSet<String>,
@@ -91,12 +88,8 @@ pub struct ProxyOptions {
 }
 
 impl Proxy {
-    /// A proxy to the upstreams of `pool`.
-    pub fn new(pool: Arc<Pool>, options: ProxyOptions) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(options.timeouts.upstream_connect));
-        connector.set_nodelay(true);
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+    /// A proxy to the upstreams of `pool`, through `client`.
+    pub fn new(pool: Arc<Pool>, client: Client<Connector, Body>, options: ProxyOptions) -> Self {
         let hosts = options
             .hosts
             .iter()
@@ -244,7 +237,8 @@ impl Shared {
 
         let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let authority = upstream.uri.authority().map_or("", |a| a.as_str());
-        parts.uri = format!("http://{authority}{target}")
+        let scheme = upstream.uri.scheme_str().unwrap_or("http");
+        parts.uri = format!("{scheme}://{authority}{target}")
             .parse()
             .expect("a checked authority and a target starting with / form a URI");
         parts.version = Version::HTTP_11;

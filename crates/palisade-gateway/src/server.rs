@@ -3,12 +3,9 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper_util::{
-    client::legacy::Client,
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
     service::TowerToHyperService,
@@ -32,7 +29,7 @@ use crate::{
     options::upstream_uri,
     proxy::{Proxy, ProxyOptions},
     tls::{self, CertSource, CertStore, SelfSigned},
-    upstream::Pool,
+    upstream::{self, Connector, Pool},
 };
 
 /// How long [`Gateway::run`] waits for open connections after its shutdown signal.
@@ -46,6 +43,7 @@ pub struct Gateway {
     acceptor: TlsAcceptor,
     certs: Arc<CertStore>,
     pool: Arc<Pool>,
+    connector: Connector,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -99,9 +97,15 @@ impl Gateway {
             .iter()
             .map(|u| upstream_uri(u).expect("validated"))
             .collect();
+        let connector = upstream::connector(
+            options.upstream_protocol,
+            &options.upstream_tls,
+            options.timeouts.upstream_connect,
+        )?;
         Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             pool: Arc::new(Pool::new(uris)),
+            connector,
             certs,
             https,
             http,
@@ -138,7 +142,7 @@ impl Gateway {
             .watch
             .then(|| tokio::spawn(self.certs.clone().watch(options.tls.watch_interval)));
         let health = tokio::spawn(self.pool.clone().check_forever(
-            Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>(),
+            upstream::client(self.connector.clone(), options.upstream_protocol),
             options.health_check.clone(),
         ));
         let permits = Arc::new(Semaphore::new(options.limits.max_connections));
@@ -177,6 +181,7 @@ impl Gateway {
         let options = &self.options;
         let proxy = Proxy::new(
             self.pool.clone(),
+            upstream::client(self.connector.clone(), options.upstream_protocol),
             ProxyOptions {
                 limits: options.limits.clone(),
                 timeouts: options.timeouts.clone(),

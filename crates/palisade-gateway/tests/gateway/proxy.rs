@@ -248,3 +248,85 @@ async fn request_bodies_stream_through() {
     assert_eq!(response.status(), StatusCode::OK);
     drop(body_tx);
 }
+
+/// A gateway in front of `upstream_url`, with `configure` applied to its options.
+async fn gateway_to(
+    upstream: &Upstream,
+    upstream_url: String,
+    configure: impl FnOnce(&mut palisade_gateway::GatewayOptions),
+) -> TestGateway {
+    let mut options = options(upstream);
+    options.upstreams = vec![upstream_url];
+    configure(&mut options);
+    TestGateway::start(options).await
+}
+
+#[tokio::test]
+async fn https_upstreams_are_verified_and_spoken_to_in_http2_when_they_offer_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, ca) = Upstream::start_tls(dir.path(), &["h2", "http/1.1"]).await;
+    let gateway = gateway_to(&upstream, upstream.https_url(), |o| {
+        o.upstream_tls.ca = Some(ca.clone());
+    })
+    .await;
+    let (response, body) = gateway.send(get("/over-tls")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body, "hello from upstream");
+    let received = upstream.received();
+    assert_eq!(received[0].version, http::Version::HTTP_2);
+    // HTTP/2 carries the target in absolute form, with the upstream's authority.
+    let target = format!("https://localhost:{}/over-tls", upstream.addr.port());
+    assert_eq!(received[0].target, target);
+    assert_eq!(received[0].headers["host"], "localhost");
+    assert_eq!(received[0].headers["x-forwarded-proto"], "https");
+
+    // An upstream that offers only HTTP/1.1 gets HTTP/1.1.
+    let (upstream, ca) = Upstream::start_tls(dir.path(), &["http/1.1"]).await;
+    let gateway = gateway_to(&upstream, upstream.https_url(), |o| {
+        o.upstream_tls.ca = Some(ca.clone());
+    })
+    .await;
+    assert_eq!(gateway.send(get("/")).await.0.status(), StatusCode::OK);
+    assert_eq!(upstream.received()[0].version, http::Version::HTTP_11);
+}
+
+#[tokio::test]
+async fn an_https_upstream_whose_certificate_is_not_trusted_is_never_sent_the_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, _ca) = Upstream::start_tls(dir.path(), &["h2", "http/1.1"]).await;
+    // The system's CAs do not know the upstream's self-signed certificate.
+    let gateway = gateway_to(&upstream, upstream.https_url(), |_| {}).await;
+    let (response, _) = gateway.send(get("/secret")).await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert!(upstream.received().is_empty());
+}
+
+#[tokio::test]
+async fn http2_with_prior_knowledge_reaches_a_cleartext_upstream() {
+    let upstream = Upstream::start().await;
+    let gateway = gateway_to(&upstream, upstream.url(), |o| {
+        o.upstream_protocol = palisade_gateway::UpstreamProtocol::Http2;
+    })
+    .await;
+    let (response, body) = gateway.send(get("/h2c")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body, "hello from upstream");
+    assert_eq!(upstream.received()[0].version, http::Version::HTTP_2);
+}
+
+#[tokio::test]
+async fn a_ca_file_that_cannot_be_used_stops_the_gateway_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("ca.pem");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    let mut options = palisade_gateway::GatewayOptions::new("https://localhost:1");
+    options.listen = "127.0.0.1:0".parse().unwrap();
+    options.upstream_tls.ca = Some(not_pem.clone());
+    let self_signed = palisade_gateway::SelfSigned::generate(&["localhost".into()]).unwrap();
+    let err = palisade_gateway::Gateway::bind(options, Some(self_signed))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&not_pem.display().to_string()), "{err}");
+    assert!(err.contains("no certificate in it"), "{err}");
+}

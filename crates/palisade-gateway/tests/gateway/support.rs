@@ -24,6 +24,7 @@ use tokio::{
 /// What the upstream received.
 #[derive(Debug, Clone)]
 pub struct Received {
+    pub version: http::Version,
     pub method: String,
     pub target: String,
     pub headers: HeaderMap,
@@ -46,15 +47,45 @@ impl Upstream {
     /// An upstream that answers `/` with [`PAGE`] too, for scanners that look only there.
     #[allow(dead_code)] // only the graders' tests use it
     pub async fn start_with_page_at_root() -> Self {
-        Self::listen("127.0.0.1:0".parse().unwrap(), true).await
+        Self::listen("127.0.0.1:0".parse().unwrap(), true, None).await
     }
 
     /// An upstream on `addr` (a port that was free a moment ago, say).
     pub async fn start_on(addr: SocketAddr) -> Self {
-        Self::listen(addr, false).await
+        Self::listen(addr, false, None).await
     }
 
-    async fn listen(addr: SocketAddr, page_at_root: bool) -> Self {
+    /// An upstream over TLS with a certificate for `localhost` written to `dir/upstream.pem`
+    /// (its own CA), offering `alpn` (`h2`, `http/1.1`).
+    #[allow(dead_code)] // only the upstream protocol tests use it
+    pub async fn start_tls(dir: &std::path::Path, alpn: &[&str]) -> (Self, PathBuf) {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let pem = dir.join("upstream.pem");
+        std::fs::write(&pem, cert.cert.pem()).unwrap();
+        let key =
+            rustls_pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        let upstream = Self::listen(
+            "127.0.0.1:0".parse().unwrap(),
+            false,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+        .await;
+        (upstream, pem)
+    }
+
+    async fn listen(
+        addr: SocketAddr,
+        page_at_root: bool,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -65,14 +96,28 @@ impl Upstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (log, gate) = (log.clone(), gate.clone());
+                let (log, gate, tls) = (log.clone(), gate.clone(), tls.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         answer(req, log.clone(), gate.clone(), page_at_root)
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = match tls {
+                        Some(tls) => {
+                            let Ok(stream) = tls.accept(stream).await else {
+                                return;
+                            };
+                            builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .await
+                        }
+                        None => {
+                            builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .await
+                        }
+                    };
                 });
             }
         });
@@ -85,6 +130,12 @@ impl Upstream {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The URL of a TLS upstream, by the name its certificate carries.
+    #[allow(dead_code)] // only the upstream protocol tests use it
+    pub fn https_url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -111,6 +162,7 @@ async fn answer(
         body.collect().await?.to_bytes()
     };
     log.lock().unwrap().push(Received {
+        version: parts.version,
         method: parts.method.to_string(),
         target: parts.uri.to_string(),
         headers: parts.headers.clone(),
