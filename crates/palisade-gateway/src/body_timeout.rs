@@ -1,5 +1,6 @@
 //! A request body that fails when its next bytes take longer than the body read timeout, so a
-//! client cannot hold an upstream connection open by trickling a body.
+//! client cannot hold an upstream connection open by trickling a body, and that marks the
+//! client's own body errors (a malformed chunk, an early end) apart from the upstream's.
 
 use std::{
     pin::Pin,
@@ -17,6 +18,28 @@ use tokio::time::{Instant, Sleep};
 #[derive(Debug, thiserror::Error)]
 #[error("the request body stalled for longer than the body read timeout")]
 pub struct BodyReadTimeout;
+
+/// The error the client's body itself failed with (not the size limit): hyper's.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body: {0}")]
+pub struct ClientBodyError(#[source] pub BoxError);
+
+impl ClientBodyError {
+    /// Whether the body merely ended early (the client went away) rather than broke a rule.
+    pub fn ended_early(&self) -> bool {
+        self.0
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_incomplete_message)
+    }
+}
+
+fn mark(err: BoxError) -> BoxError {
+    if err.is::<http_body_util::LengthLimitError>() {
+        err
+    } else {
+        Box::new(ClientBodyError(err))
+    }
+}
 
 pin_project! {
     /// `inner`, failing with [`BodyReadTimeout`] after `timeout` without a frame.
@@ -56,7 +79,7 @@ where
         match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.deadline.as_mut().reset(Instant::now() + *this.timeout);
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                Poll::Ready(frame.map(|f| f.map_err(|err| mark(err.into()))))
             }
             Poll::Pending => match this.deadline.poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Some(Err(BodyReadTimeout.into()))),

@@ -23,7 +23,7 @@ use palisade_guard::{
 use tower::Service;
 
 use crate::{
-    body_timeout::{BodyReadTimeout, BodyTimeout},
+    body_timeout::{BodyReadTimeout, BodyTimeout, ClientBodyError},
     options::{HostHeader, Limits, Timeouts},
     strict,
     upstream::{Connector, Pool, Upstream},
@@ -261,6 +261,14 @@ impl Shared {
             let rejection = Rejection::new(RejectionKind::SlowBody, "body-read-timeout");
             return asked.reject(rejection);
         }
+        if let Some(body) = find::<ClientBodyError>(err) {
+            if body.ended_early() {
+                tracing::debug!(target: "palisade::gateway", error = %body, "the client's body ended early");
+                return asked.error(StatusCode::BAD_REQUEST, "The request body ended early.");
+            }
+            let rejection = Rejection::new(RejectionKind::Malformed, "request-body-malformed");
+            return asked.reject(rejection);
+        }
         if err.is_connect() {
             upstream.mark(false);
         }
@@ -390,14 +398,21 @@ fn set_forwarding(
 
 /// Whether `err` or one of its sources is an `E`.
 fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+    find::<E>(err).is_some()
+}
+
+/// The first error of type `E` in `err`'s chain of causes.
+fn find<'a, E: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
     let mut cause = Some(err);
     while let Some(err) = cause {
-        if err.is::<E>() {
-            return true;
+        if let Some(found) = err.downcast_ref::<E>() {
+            return Some(found);
         }
         cause = err.source();
     }
-    false
+    None
 }
 
 #[cfg(test)]

@@ -78,7 +78,15 @@ async fn every_refusal_emits_one_security_event() {
     options.csp_report = Some(Default::default());
     let gateway = TestGateway::start(options).await;
 
-    let cases: [(&[u8], &str, &str, &str, &str); 3] = [
+    let cases: [(&[u8], &str, &str, &str, &str); 4] = [
+        (
+            b"POST /upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\
+              Connection: close\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+            "malformed",
+            "request-body-malformed",
+            "/upload",
+            "reject",
+        ),
         (
             b"POST /login?pw=x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\n\
               Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",

@@ -154,13 +154,14 @@ pub fn error_page<B: From<Bytes>>(
     request_headers: &HeaderMap,
 ) -> Response<B> {
     let (content_type, body) = if prefers_json(request_headers) {
-        let value = serde_json::json!({
-            "error": {
-                "status": status.as_u16(),
-                "kind": kind.map(RejectionKind::as_str),
-                "message": message,
-            }
+        let mut error = serde_json::json!({
+            "status": status.as_u16(),
+            "message": message,
         });
+        if let Some(kind) = kind {
+            error["kind"] = kind.as_str().into();
+        }
+        let value = serde_json::json!({ "error": error });
         ("application/json", value.to_string())
     } else {
         ("text/html; charset=utf-8", html_page(status, message, kind))
@@ -274,6 +275,14 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
         assert_eq!(value["error"]["status"], 413);
         assert_eq!(value["error"]["kind"], "body_too_large");
+        // A gateway error that is no rejection has no kind, rather than a null one.
+        let response: Response<Bytes> =
+            error_page(StatusCode::SERVICE_UNAVAILABLE, "down", None, req.headers());
+        let value: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"error": {"status": 503, "message": "down"}})
+        );
     }
 
     /// An event as recorded: its target and its fields.
