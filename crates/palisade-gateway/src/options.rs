@@ -15,9 +15,10 @@ use crate::Error;
 #[serde(deny_unknown_fields)]
 pub struct GatewayOptions {
     /// The HTTPS listener.
-    #[serde(default = "default_listen")]
+    #[serde(default = "default_listen", deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
     /// The plain-HTTP listener, which only redirects to HTTPS (none by default).
+    #[serde(default, deserialize_with = "optional_socket_addr")]
     pub http_listen: Option<SocketAddr>,
     /// The application: `http://HOST:PORT` or `https://HOST:PORT` URLs, used round robin.
     pub upstreams: Vec<String>,
@@ -176,12 +177,15 @@ pub struct CertificateFiles {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Request line and headers together, in bytes (at least 8192).
+    #[serde(deserialize_with = "byte_count")]
     pub max_header_bytes: usize,
     /// Headers per request.
     pub max_headers: usize,
     /// Request target, in bytes.
+    #[serde(deserialize_with = "byte_count")]
     pub max_uri_bytes: usize,
     /// Request body, in bytes.
+    #[serde(deserialize_with = "byte_count")]
     pub max_body_bytes: u64,
     /// Open client connections; further ones wait in the listen queue.
     pub max_connections: usize,
@@ -254,6 +258,50 @@ impl Default for HealthCheckOptions {
             path: None,
         }
     }
+}
+
+fn socket_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not an IP address and port; write it like 0.0.0.0:443, \
+             127.0.0.1:8443 or [::]:443"
+        ))
+    })
+}
+
+fn optional_socket_addr<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    socket_addr(deserializer).map(Some)
+}
+
+/// A size in bytes: a number, or text like `10 MiB` or `512KB`.
+fn byte_count<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    let bytes = match Size::deserialize(deserializer)? {
+        Size::Bytes(bytes) => bytes,
+        Size::Text(text) => text
+            .parse::<bytesize::ByteSize>()
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is not a size; write a number of bytes, or like 10 MiB or 512 KB"
+                ))
+            })?
+            .as_u64(),
+    };
+    T::try_from(bytes).map_err(|_| {
+        serde::de::Error::custom(format!("{bytes} bytes is more than this machine can count"))
+    })
 }
 
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
@@ -435,6 +483,28 @@ mod tests {
         assert!(upstream_uri("https://app.internal/api").is_err());
         assert!(upstream_uri("http://app.internal/api").is_err());
         assert!(upstream_uri("127.0.0.1:3000").is_err());
+    }
+
+    #[test]
+    fn addresses_and_sizes_read_like_people_write_them() {
+        let read = |toml: &str| {
+            toml::from_str::<GatewayOptions>(&format!("upstreams = [\"http://a:1\"]\n{toml}"))
+        };
+        let options = read(
+            "listen = \"[::]:443\"\nhttp_listen = \"0.0.0.0:80\"\n\
+             [limits]\nmax_body_bytes = \"10 MiB\"\nmax_uri_bytes = 4096",
+        )
+        .unwrap();
+        assert_eq!(options.listen, "[::]:443".parse().unwrap());
+        assert_eq!(options.http_listen, Some("0.0.0.0:80".parse().unwrap()));
+        assert_eq!(options.limits.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(options.limits.max_uri_bytes, 4096);
+        let err = read("listen = \"443\"").unwrap_err().to_string();
+        assert!(err.contains("write it like 0.0.0.0:443"), "{err}");
+        let err = read("[limits]\nmax_body_bytes = \"lots\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("like 10 MiB"), "{err}");
     }
 
     #[test]

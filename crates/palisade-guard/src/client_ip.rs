@@ -45,7 +45,7 @@ pub enum ForwardedHeader {
 pub struct ClientIpOptions {
     /// Proxies in front of this server whose forwarded headers are believed (CIDR list).
     /// Empty: forwarded headers are ignored.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "networks")]
     pub trusted_proxies: Vec<IpNet>,
     /// The header the trusted proxies set.
     #[serde(default)]
@@ -82,6 +82,23 @@ impl ClientIpOptions {
 }
 
 /// Every `X-Forwarded-For` hop in order; `None` for one that is not an address.
+/// CIDR ranges, or single addresses (a range of one).
+fn networks<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(deserializer)?
+        .iter()
+        .map(|text| {
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "`{text}` is not an IP address or CIDR range; write it like \
+                         10.0.0.0/8, 192.168.1.7 or fd00::/8"
+                    ))
+                })
+        })
+        .collect()
+}
+
 fn x_forwarded_for(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
     headers
         .get_all("x-forwarded-for")
@@ -216,6 +233,22 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn trusted_proxies_are_ranges_or_single_addresses() {
+        let read = |json: &str| serde_json::from_str::<ClientIpOptions>(json);
+        let options =
+            read(r#"{"trusted_proxies": ["10.0.0.0/8", "192.168.1.7", "fd00::/8"]}"#).unwrap();
+        assert!(options.is_trusted("192.168.1.7".parse().unwrap()));
+        assert!(!options.is_trusted("192.168.1.8".parse().unwrap()));
+        let err = read(r#"{"trusted_proxies": ["10.0.0/8"]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`10.0.0/8` is not an IP address or CIDR range"),
+            "{err}"
+        );
     }
 
     #[test]
