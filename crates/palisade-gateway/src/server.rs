@@ -24,7 +24,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::{
     Error, GatewayOptions,
-    framing::{FramingFlag, Verdicts, Watched, Watcher},
+    framing::{RefuseFlaggedLayer, Verdicts, Watched, Watcher},
     idle::IdleTimeout,
     options::upstream_uri,
     proxy::{Proxy, ProxyOptions},
@@ -218,6 +218,7 @@ impl Gateway {
             .layer(headers.clone())
             .layer(csp)
             .layer(ClientIpLayer::new(options.client_ip.clone()))
+            .layer(RefuseFlaggedLayer)
             .option_layer(security_txt)
             .option_layer(options.csp_report.clone().map(CspReportLayer::new))
             .service(proxy.clone());
@@ -230,6 +231,7 @@ impl Gateway {
         let http = ServiceBuilder::new()
             .layer(headers)
             .layer(ClientIpLayer::new(options.client_ip.clone()))
+            .layer(RefuseFlaggedLayer)
             .layer(redirect)
             .service(proxy);
         Ok((https, http))
@@ -349,6 +351,7 @@ impl Listeners {
                 idle: self.idle,
                 max_head: self.max_head,
                 max_headers: self.max_headers,
+                header_read: self.header_read,
             };
             let (tls, service, header_read) = (tls.clone(), service.clone(), self.header_read);
             tokio::spawn(async move {
@@ -360,6 +363,7 @@ impl Listeners {
 }
 
 struct Connection {
+    header_read: Duration,
     builder: Arc<auto::Builder<TokioExecutor>>,
     peer: Peer,
     idle: Duration,
@@ -404,13 +408,18 @@ impl Connection {
             // HTTP/1 requests arrive in the order of their heads; HTTP/2 has no verdicts.
             if req.version() <= http::Version::HTTP_11 {
                 let verdict = verdicts.lock().expect("verdict lock").pop_front().flatten();
-                if let Some(rule) = verdict {
-                    req.extensions_mut().insert(FramingFlag(rule));
+                if let Some(flag) = verdict {
+                    req.extensions_mut().insert(flag);
                 }
             }
             req
         });
-        let io = Watched::new(IdleTimeout::new(io, self.idle), watcher);
+        let io = Watched::new(
+            IdleTimeout::new(io, self.idle),
+            watcher,
+            self.header_read,
+            peer.addr.ip(),
+        );
         let io = TokioIo::new(Box::pin(io));
         let served = self
             .builder

@@ -1,8 +1,8 @@
 //! Strict request checks that hyper's parser leaves to us: framing that two parsers could read
 //! differently, the request target's length, and the body's declared size.
 //!
-//! Framing hyper accepts and repairs is flagged by the [`crate::framing`] watcher. hyper itself
-//! refuses bare CR, malformed chunked bodies, invalid header bytes and
+//! Framing hyper accepts and repairs, and heads no parser can read, are flagged by the
+//! [`crate::framing`] watcher. hyper itself refuses malformed chunked bodies and
 //! `Content-Length` values that are not plain digits or disagree; the gateway's tests pin what
 //! it does. The request forwarded is the one hyper parsed, re-encoded, so the upstream sees the
 //! framing the gateway judged.
@@ -14,8 +14,8 @@ use crate::{framing::FramingFlag, options::Limits};
 
 /// The first rule `req` breaks, if any.
 pub fn check<B>(req: &Request<B>, limits: &Limits) -> Result<(), Rejection> {
-    if let Some(FramingFlag(rule)) = req.extensions().get::<FramingFlag>() {
-        return Err(Rejection::new(RejectionKind::AmbiguousFraming, rule));
+    if let Some(flag) = req.extensions().get::<FramingFlag>() {
+        return Err(Rejection::new(flag.kind, flag.rule));
     }
     check_framing(req.headers())?;
     // hyper counts HTTP/1 header lines itself; an HTTP/2 header list is only limited in bytes.

@@ -65,7 +65,8 @@ impl RejectionKind {
         }
     }
 
-    fn message(self) -> &'static str {
+    /// The short explanation its page gives.
+    pub fn message(self) -> &'static str {
         match self {
             Self::AmbiguousFraming => "The request's length or encoding is ambiguous.",
             Self::Malformed => "The request is malformed.",

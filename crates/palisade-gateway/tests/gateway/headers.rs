@@ -62,6 +62,22 @@ async fn every_response_carries_the_security_headers() {
         answer.contains("strict-transport-security: max-age=63072000"),
         "{answer}"
     );
+
+    // A head no parser can read (a bare CR) gets the same page and headers; after a good
+    // request on the same connection, which is answered first.
+    let answer = gateway
+        .raw(b"GET /first HTTP/1.1\r\nHost: localhost\r\n\r\nGET / HTTP/1.1\r\nHost: localhost\r\nX-A: a\rb\r\n\r\n")
+        .await
+        .to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    let refusal = &answer[answer.find("http/1.1 400").expect(&answer)..];
+    assert!(refusal.contains("x-frame-options: deny"), "{refusal}");
+    assert!(refusal.contains("strict-transport-security"), "{refusal}");
+    assert!(refusal.contains("connection: close"), "{refusal}");
+    assert!(
+        refusal.contains("<title>400 bad request</title>"),
+        "{refusal}"
+    );
 }
 
 #[tokio::test]

@@ -65,6 +65,9 @@ async fn too_many_or_too_large_headers_are_a_431() {
     );
     let answer = gateway.raw(large.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "large header: {answer}");
+    // The gateway's own page and headers, not hyper's bare status line.
+    assert!(answer.contains("x-frame-options: DENY"), "{answer}");
+    assert!(answer.contains("headers_too_large"), "{answer}");
     assert!(upstream.received().is_empty());
 }
 
