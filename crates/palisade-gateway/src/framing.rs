@@ -388,8 +388,8 @@ impl<T: AsyncRead> AsyncRead for Watched<T> {
             if this.watcher.stopped() {
                 return this.inner.poll_read(cx, buf);
             }
-            let mut chunk = [0u8; READ_SIZE];
-            let mut read = ReadBuf::new(&mut chunk);
+            let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_SIZE];
+            let mut read = ReadBuf::uninit(&mut chunk);
             if this.inner.as_mut().poll_read(cx, &mut read)?.is_pending() {
                 if let Some(deadline) = this.deadline
                     && deadline.as_mut().poll(cx).is_ready()

@@ -39,6 +39,11 @@ pub enum Outcome {
 /// The exit code of [`Outcome::Busy`].
 pub const EXIT_BUSY: u8 = 75;
 
+/// mimalloc: the gateway allocates small, short-lived buffers per request from many threads,
+/// which glibc's allocator serves markedly slower (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     init_logging(&cli.global);
@@ -74,7 +79,7 @@ fn render(err: &anyhow::Error) -> String {
 }
 
 /// Warnings by default, with rustic_core's own log off: Palisade reports what it skipped and
-/// what `check` found itself. `-v` shows info and rustic_core's warnings, `-vv` debug, `-q`
+/// what `check` found itself; rustls shows errors only unless `-v`. `-v` shows info and rustic_core's warnings, `-vv` debug, `-q`
 /// errors only.
 fn init_logging(global: &cli::Global) {
     let (ours, engine) = match (global.quiet, global.verbose) {
@@ -87,6 +92,9 @@ fn init_logging(global: &cli::Global) {
         .filter_level(ours)
         .filter_module("rustic_core", engine)
         .filter_module("rustic_backend", engine)
+        // rustls warns per connection about what clients send (an IP address as SNI, say),
+        // which is the client's business; its errors still show.
+        .filter_module("rustls", engine.max(log::LevelFilter::Error))
         .format_target(false)
         .format_timestamp(None)
         .parse_env("PALISADE_LOG")
