@@ -508,6 +508,20 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_a_valid_gateway_section() {
+        let doc = include_str!("../../../docs/gateway.md");
+        let start = doc.find("```toml\n[gateway]").expect("docs/gateway.md has the example") + 8;
+        let block = &doc[start..start + doc[start..].find("```").unwrap()];
+        let file: toml::Table = toml::from_str(block).unwrap();
+        let section = file["gateway"].clone();
+        let options: GatewayOptions = section.try_into().unwrap();
+        options.validate().unwrap();
+        assert_eq!(options.limits.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(options.csp.directives.len(), 2);
+        assert!(options.routes[0].csp.is_none());
+    }
+
+    #[test]
     fn mistakes_name_their_setting() {
         let mut options = GatewayOptions::new("http://127.0.0.1:1");
         options.limits.max_header_bytes = 100;
