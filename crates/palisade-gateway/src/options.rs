@@ -510,7 +510,10 @@ mod tests {
     #[test]
     fn the_documented_example_is_a_valid_gateway_section() {
         let doc = include_str!("../../../docs/gateway.md");
-        let start = doc.find("```toml\n[gateway]").expect("docs/gateway.md has the example") + 8;
+        let start = doc
+            .find("```toml\n[gateway]")
+            .expect("docs/gateway.md has the example")
+            + 8;
         let block = &doc[start..start + doc[start..].find("```").unwrap()];
         let file: toml::Table = toml::from_str(block).unwrap();
         let section = file["gateway"].clone();
