@@ -905,7 +905,7 @@ mod tests {
             (
                 "[gateway]\nupstreams = [\"http://a:1\"]\nlisten = \"nowhere\"\n",
                 "line 3",
-                "socket address",
+                "not an IP address and port; write it like 0.0.0.0:443",
             ),
             (
                 "[gateway]\nupstream = [\"http://a:1\"]\n",

@@ -234,9 +234,9 @@ fn config_check_reads_the_gateway_section() {
             "unknown field",
         ),
         (
-            "[gateway]\nupstreams = [\"https://a\"]\n",
+            "[gateway]\nupstreams = [\"https://a/app\"]\n",
             "line 2",
-            "plain http://",
+            "has a path; give only https://HOST:PORT",
         ),
         (
             "[gateway]\nupstreams = [\"http://a:1\"]\n[[gateway.tls.certificates]]\ncert = \"nope.pem\"\nkey = \"nope.key\"\n",
