@@ -19,12 +19,16 @@ pub struct Scratch {
 impl Scratch {
     /// Creates the directory and arranges for it to be removed if a signal ends the process.
     pub fn new(root: &Path) -> Result<Self> {
+        // The handlers first: a signal between creating the directory and installing them
+        // would end the process the default way and leave the directory behind.
+        let signals =
+            Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
         let dir = tempfile::Builder::new()
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .prefix("palisade-run-")
             .tempdir_in(root)
             .with_context(|| format!("cannot create a scratch directory in {}", root.display()))?;
-        remove_on_signal(dir.path().to_path_buf())?;
+        remove_on_signal(signals, dir.path().to_path_buf());
         Ok(Self { dir })
     }
 
@@ -38,9 +42,7 @@ impl Scratch {
 /// remove `dir` and exit as the shell would report the signal (128 + its number). No snapshot is
 /// visible at that point unless the backup had already finished, because the snapshot file is
 /// the last thing a backup writes.
-fn remove_on_signal(dir: PathBuf) -> Result<()> {
-    let mut signals =
-        Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
+fn remove_on_signal(mut signals: Signals, dir: PathBuf) {
     std::thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {
             palisade_backup::prove::stop_servers();
@@ -60,5 +62,4 @@ fn remove_on_signal(dir: PathBuf) -> Result<()> {
             std::process::exit(128 + signal);
         }
     });
-    Ok(())
 }
