@@ -53,7 +53,8 @@ HZ=$(getconf CLK_TCK)
 PATHS=(html json)
 declare -A URL_PATH=([html]=/index.html [json]=/api/items.json)
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 die() { log "ERROR: $*"; exit 1; }
 kv() { printf '%s=%q\n' "$1" "$2"; }
 
@@ -312,29 +313,8 @@ url() {
 
 QUIET_WAITED=0
 
-# wait_quiet: waits (up to BENCH_QUIET_MAX seconds) until, over a 2 s window, the whole machine
-# uses fewer than BENCH_QUIET_CORES cores (the servers are idle between runs), so a run doesn't
-# share the 2 cores with someone else's build or tests. Proceeds anyway after the limit.
-wait_quiet() {
-    local waited=0 busy
-    while :; do
-        busy=$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat)
-        sleep 2
-        busy=$(awk -v a="$busy" -v hz="$HZ" '/^cpu / {printf "%.2f", ($2 + $3 + $4 + $7 + $8 - a) / hz / 2}' /proc/stat)
-        if awk -v b="$busy" -v m="$BENCH_QUIET_CORES" 'BEGIN {exit !(b < m)}'; then
-            ((waited == 0)) || log "  machine quiet after ${waited}s"
-            QUIET_WAITED=$((QUIET_WAITED + waited))
-            return 0
-        fi
-        ((waited == 0)) && log "  machine busy (${busy} cores in use); waiting up to ${BENCH_QUIET_MAX}s"
-        waited=$((waited + 2))
-        if ((waited >= BENCH_QUIET_MAX)); then
-            log "  WARNING: still busy (${busy} cores) after ${waited}s; measuring anyway"
-            QUIET_WAITED=$((QUIET_WAITED + waited))
-            return 0
-        fi
-    done
-}
+# wait_quiet (bench/lib.sh) runs before each measurement: the servers are idle between runs, so
+# a run does not share the 2 cores with someone else's build or tests.
 
 # ticks PID...: user + system clock ticks used so far by the given processes (all their threads).
 ticks() {

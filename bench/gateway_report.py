@@ -17,6 +17,8 @@ import shlex
 import statistics
 import sys
 
+from benchlib import read_env
+
 HEADING = "## Gateway against nginx"
 TARGETS = ("gateway", "nginx", "direct")
 PATHS = ("html", "json")
@@ -27,24 +29,6 @@ TARGET_LABEL = {
     "direct": "upstream direct (plain HTTP)",
 }
 PATH_LABEL = {"html": "HTML `/index.html`", "json": "JSON `/api/items.json`"}
-
-
-def read_env(path):
-    env = {}
-    if not os.path.exists(path):
-        return env
-    with open(path) as f:
-        for line in f:
-            line = line.rstrip("\n")
-            if not line or line.startswith("#") or "=" not in line:
-                continue
-            key, _, value = line.partition("=")
-            try:
-                parts = shlex.split(value)
-                env[key] = " ".join(parts) if parts else ""
-            except ValueError:
-                env[key] = value
-    return env
 
 
 def num(v):

@@ -16,26 +16,10 @@ import shlex
 import statistics
 import sys
 
+from benchlib import read_env
+
 TOOLS = ("restic", "palisade")
 MIB = 1024 * 1024
-
-
-def read_env(path):
-    env = {}
-    if not os.path.exists(path):
-        return env
-    with open(path) as f:
-        for line in f:
-            line = line.rstrip("\n")
-            if not line or line.startswith("#") or "=" not in line:
-                continue
-            key, _, value = line.partition("=")
-            try:
-                parts = shlex.split(value)
-                env[key] = " ".join(parts) if parts else ""
-            except ValueError:
-                env[key] = value
-    return env
 
 
 def read_results(path):

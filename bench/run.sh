@@ -55,7 +55,8 @@ export RESTIC_PASSWORD_FILE=$PASSWORD_FILE
 export RESTIC_CACHE_DIR=$SCRATCH/restic-cache
 export RESTIC_PROGRESS_FPS=0.2
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 die() { log "ERROR: $*"; exit 1; }
 # kv NAME VALUE: one shell-quoted NAME=VALUE line for the .env files (sourced by this script, parsed by report.py).
 kv() { printf '%s=%q\n' "$1" "$2"; }
@@ -258,26 +259,6 @@ stage_prepare() {
 # wait_quiet: waits (up to BENCH_QUIET_MAX seconds) until the machine is idle, i.e. over a 2 s window
 # all processes together use less than BENCH_QUIET_CORES cores, so a step doesn't share the
 # 2 cores with someone else's build or tests. Proceeds anyway after the limit, with a warning.
-wait_quiet() {
-    local waited=0 busy
-    while :; do
-        busy=$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat)
-        sleep 2
-        busy=$(awk -v a="$busy" -v hz="$(getconf CLK_TCK)" '/^cpu / {printf "%.2f", ($2 + $3 + $4 + $7 + $8 - a) / hz / 2}' /proc/stat)
-        if awk -v b="$busy" -v m="$BENCH_QUIET_CORES" 'BEGIN {exit !(b < m)}'; then
-            ((waited == 0)) || log "  machine quiet after ${waited}s"
-            QUIET_WAITED=$((QUIET_WAITED + waited))
-            return 0
-        fi
-        ((waited == 0)) && log "  machine busy (${busy} cores in use by others); waiting up to ${BENCH_QUIET_MAX}s"
-        waited=$((waited + 2))
-        if ((waited >= BENCH_QUIET_MAX)); then
-            log "  WARNING: still busy (${busy} cores) after ${waited}s; measuring anyway"
-            QUIET_WAITED=$((QUIET_WAITED + waited))
-            return 0
-        fi
-    done
-}
 
 # measure TOOL INPUT STEP BYTES_IN REPO -- CMD ...
 # Runs CMD under /usr/bin/time -v with stdin from $M_STDIN (a file) or from the shell
