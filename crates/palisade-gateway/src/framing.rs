@@ -46,6 +46,8 @@ pub struct FramingFlag {
     pub kind: RejectionKind,
     /// The rule.
     pub rule: &'static str,
+    /// Whether the request is the stand-in for a head hyper never saw (so it has no route).
+    pub stand_in: bool,
 }
 
 /// What hyper reads in place of a refused head.
@@ -214,6 +216,10 @@ impl Watcher {
         let mut headers = vec![httparse::EMPTY_HEADER; self.max_headers];
         let mut request = httparse::Request::new(&mut headers);
         let refusal = match request.parse(buf) {
+            Ok(httparse::Status::Complete(_)) if !lengths_are_plain(&request) => {
+                // hyper would refuse it itself, with a bare 400.
+                (RejectionKind::AmbiguousFraming, "content-length-invalid")
+            }
             Ok(httparse::Status::Complete(length)) => {
                 let head = &buf[..length];
                 let (verdict, next) = judge(&request, head);
@@ -248,7 +254,11 @@ impl Watcher {
         self.verdicts
             .lock()
             .expect("verdict lock")
-            .push_back(Some(FramingFlag { kind, rule }));
+            .push_back(Some(FramingFlag {
+                kind,
+                rule,
+                stand_in: true,
+            }));
         self.state = State::Refused;
         None
     }
@@ -270,12 +280,29 @@ impl Watcher {
     }
 }
 
+/// Whether every `Content-Length` of the head is the same plain number (no sign, hex or list),
+/// as hyper accepts them without refusing the head itself: equal repeats it merges into one.
+fn lengths_are_plain(request: &httparse::Request<'_, '_>) -> bool {
+    let mut lengths = request
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .map(|h| h.value);
+    let Some(first) = lengths.next() else {
+        return true;
+    };
+    (1..=19).contains(&first.len())
+        && first.iter().all(u8::is_ascii_digit)
+        && lengths.all(|other| other == first)
+}
+
 /// The verdict on one head and the state for its body.
 fn judge(request: &httparse::Request<'_, '_>, head: &[u8]) -> (Option<FramingFlag>, State) {
     let ambiguous = |rule| {
         Some(FramingFlag {
             kind: RejectionKind::AmbiguousFraming,
             rule,
+            stand_in: false,
         })
     };
     let named = |name: &'static str| {
@@ -450,13 +477,11 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         if let Some(flag) = req.extensions().get::<FramingFlag>() {
-            let response = match flag.kind {
+            let response = match (flag.stand_in, flag.kind) {
                 // A real request, whose route is known.
-                RejectionKind::AmbiguousFraming => {
-                    Rejection::new(flag.kind, flag.rule).respond_to(&req)
-                }
-                // The stand-in for a head that could not be read: no route, no headers.
-                kind => {
+                (false, kind) => Rejection::new(kind, flag.rule).respond_to(&req),
+                // The stand-in for a head hyper never saw: no route, no headers.
+                (true, kind) => {
                     let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
                     reject::record(kind, flag.rule, client, "", "reject");
                     reject::error_page(kind.status(), kind.message(), Some(kind), &HeaderMap::new())
@@ -593,6 +618,16 @@ mod tests {
             (out.as_slice(), verdicts),
             (STAND_IN, vec![Some("http-parse-error")])
         );
+    }
+
+    #[test]
+    fn lengths_hyper_would_refuse_bare_are_refused_whole() {
+        for length in ["+5", "0x5", "5, 6", "5\r\nContent-Length: 6"] {
+            let head = format!("POST / HTTP/1.1\r\nContent-Length: {length}\r\n\r\nhello");
+            let (out, verdicts) = watch(head.as_bytes(), 4, 16384);
+            assert_eq!(out, STAND_IN, "{length}");
+            assert_eq!(verdicts, [Some("content-length-invalid")], "{length}");
+        }
     }
 
     #[test]

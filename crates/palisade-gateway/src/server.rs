@@ -303,7 +303,9 @@ fn connection_builder(options: &GatewayOptions) -> auto::Builder<TokioExecutor> 
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_header_list_size(
+            u32::try_from(limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+        )
         .max_concurrent_streams(100);
     builder
 }

@@ -18,11 +18,18 @@ pub fn check<B>(req: &Request<B>, limits: &Limits) -> Result<(), Rejection> {
         return Err(Rejection::new(flag.kind, flag.rule));
     }
     check_framing(req.headers())?;
-    // hyper counts HTTP/1 header lines itself; an HTTP/2 header list is only limited in bytes.
+    // The framing watch limits HTTP/1 heads; an HTTP/2 header list is checked here, where its
+    // refusal gets the gateway's page (HTTP/2 itself refuses only lists of twice the limit).
     if req.headers().len() > limits.max_headers {
         return Err(Rejection::new(
             RejectionKind::HeadersTooLarge,
             "max-headers",
+        ));
+    }
+    if req.version() == http::Version::HTTP_2 && header_list_size(req) > limits.max_header_bytes {
+        return Err(Rejection::new(
+            RejectionKind::HeadersTooLarge,
+            "max-header-bytes",
         ));
     }
     // `OPTIONS *` and CONNECT's `host:port` name no resource of the application.
@@ -62,6 +69,17 @@ fn check_framing(headers: &HeaderMap) -> Result<(), Rejection> {
         [only] if is_length(only.as_bytes()) => Ok(()),
         _ => ambiguous("content-length-invalid"),
     }
+}
+
+/// The size of the request's header list as HTTP/2 counts it (RFC 9113 section 6.5.2: each
+/// field's name and value plus 32), with the target.
+fn header_list_size<B>(req: &Request<B>) -> usize {
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum();
+    fields + req.uri().path_and_query().map_or(0, |pq| pq.as_str().len())
 }
 
 /// One to nineteen ASCII digits: no sign, no hex, no list, no spaces.

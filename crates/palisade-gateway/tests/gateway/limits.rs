@@ -68,6 +68,15 @@ async fn too_many_or_too_large_headers_are_a_431() {
     // The gateway's own page and headers, not hyper's bare status line.
     assert!(answer.contains("x-frame-options: DENY"), "{answer}");
     assert!(answer.contains("headers_too_large"), "{answer}");
+
+    // The same over HTTP/2, for a header list over the limit.
+    let big = format!("X-Big: {}", "b".repeat(20_000));
+    let output = gateway
+        .curl(&["--http2", "-i", "-H", &big, &gateway.url("/")])
+        .await;
+    let answer = String::from_utf8_lossy(&output.stdout);
+    assert!(answer.starts_with("HTTP/2 431"), "{answer}");
+    assert!(answer.contains("x-frame-options: DENY"), "{answer}");
     assert!(upstream.received().is_empty());
 }
 
