@@ -311,6 +311,10 @@ impl CspOptions {
                 }
             };
         }
+        if self.mode == CspMode::ReportOnly {
+            // Browsers ignore it in a report-only policy, and say so in the console.
+            policy = policy.remove("upgrade-insecure-requests");
+        }
         if let Some(uri) = report_uri
             && !policy.has("report-uri")
         {
@@ -888,6 +892,7 @@ mod tests {
             .unwrap();
         let nonce = nonce_of(policy);
         assert!(!policy.contains("style-src 'self' 'nonce-"), "{policy}");
+        assert!(!policy.contains("upgrade-insecure-requests"), "{policy}");
         assert_eq!(
             body,
             format!(

@@ -162,8 +162,21 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        if req.method() != Method::POST || req.uri().path() != self.options.path {
+        if req.uri().path() != self.options.path {
             return Box::pin(self.inner.call(req));
+        }
+        if req.method() != Method::POST {
+            // The path is the collector's; the upstream never sees it.
+            let mut response = reject::error_page(
+                http::StatusCode::METHOD_NOT_ALLOWED,
+                "CSP violation reports are sent here with POST.",
+                None,
+                req.headers(),
+            );
+            response
+                .headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+            return Box::pin(async move { Ok(response) });
         }
         let max = self.options.max_bytes;
         Box::pin(async move { Ok(collect(req, max).await) })
@@ -186,7 +199,7 @@ where
         Err(_) => return refuse(RejectionKind::BodyTooLarge, "csp-report-max-bytes"),
     };
     let Some(violations) = parse_report(&bytes) else {
-        return refuse(RejectionKind::Malformed, "csp-report-not-json");
+        return refuse(RejectionKind::Malformed, "csp-report-unreadable");
     };
     let client = parts
         .extensions

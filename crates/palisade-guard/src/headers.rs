@@ -33,11 +33,14 @@ pub enum FrameOptions {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub enum SameSite {
     /// `SameSite=Strict`.
+    #[serde(alias = "strict")]
     Strict,
     /// `SameSite=Lax`: the browsers' own default, made explicit.
     #[default]
+    #[serde(alias = "lax")]
     Lax,
     /// `SameSite=None` (only with `Secure`).
+    #[serde(alias = "none")]
     None,
 }
 
@@ -518,6 +521,14 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(preload.validate().unwrap_err().setting, "hsts_preload");
+    }
+
+    #[test]
+    fn same_site_is_read_in_either_case() {
+        let read = |text: &str| serde_json::from_str::<SameSite>(text).unwrap();
+        assert_eq!(read("\"Strict\""), SameSite::Strict);
+        assert_eq!(read("\"strict\""), SameSite::Strict);
+        assert_eq!(read("\"none\""), SameSite::None);
     }
 
     #[test]

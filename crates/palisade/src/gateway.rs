@@ -23,10 +23,10 @@ pub struct GatewayArgs {
     pub upstream: Vec<String>,
     /// HTTPS address to listen on (default: [gateway] listen, or 127.0.0.1:8443 without a
     /// [gateway] section).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = socket_addr)]
     pub listen: Option<SocketAddr>,
     /// Plain-HTTP address that redirects to HTTPS (only the --host names are redirected).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = socket_addr)]
     pub http_listen: Option<SocketAddr>,
     /// Host name the gateway answers for and redirects (repeatable).
     #[arg(long, value_name = "NAME")]
@@ -133,7 +133,21 @@ fn options(section: Option<GatewayOptions>, args: &GatewayArgs) -> Result<Gatewa
         }];
     }
     options.validate()?;
+    if options.http_listen.is_some() && options.hosts.is_empty() {
+        log::warn!(
+            "the plain-HTTP listener redirects only configured host names, and none is \
+             configured: it answers every request with 421; give --host NAME (or [gateway] \
+             hosts)"
+        );
+    }
     Ok(options)
+}
+
+/// An IP address and port, with an example when it is not one.
+fn socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| {
+        format!("`{text}` is not an IP address and port; write it like 127.0.0.1:8443 or [::]:443")
+    })
 }
 
 async fn serve(

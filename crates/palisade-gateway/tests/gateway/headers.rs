@@ -220,10 +220,13 @@ async fn csp_reports_are_collected_by_the_gateway() {
         gateway.send(oversized).await.0.status(),
         StatusCode::PAYLOAD_TOO_LARGE
     );
+    let (response, _) = gateway.send(get("/.well-known/csp-report")).await;
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.headers()[header::ALLOW], "POST");
     assert_eq!(
         upstream.received().len(),
         1,
-        "only the GET reaches the upstream"
+        "only the GET of / reaches the upstream"
     );
 }
 
