@@ -347,6 +347,10 @@ mod tests {
         assert_eq!(field("kind"), Some("uri_too_long"));
         assert_eq!(field("client"), Some("203.0.113.9"));
         assert_eq!(field("route"), Some("/admin"));
+        // A long path is cut in the event, so one request cannot write kilobytes of log.
+        let long = format!("/{}", "a".repeat(9000));
+        let uri: Uri = long.parse().unwrap();
+        assert_eq!(route_of(&uri).len(), 256);
         assert_eq!(field("rule"), Some("max-uri-bytes"));
         assert_eq!(field("action"), Some("reject"));
         assert!(!format!("{fields:?}").contains("secret"));
