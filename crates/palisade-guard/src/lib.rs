@@ -14,6 +14,7 @@ pub mod host;
 pub mod redirect;
 pub mod reject;
 mod route;
+pub mod sanitize;
 pub mod security_txt;
 
 pub use body::{Body, BoxError};
@@ -23,6 +24,7 @@ pub use csp_report::{CspReportLayer, CspReportOptions};
 pub use headers::{CookieOptions, SameSite, SecurityHeadersLayer, SecurityHeadersOptions};
 pub use redirect::{HttpsRedirectLayer, HttpsRedirectOptions};
 pub use reject::{Rejection, RejectionKind};
+pub use sanitize::{SanitizeOptions, Sanitizer};
 pub use security_txt::{SecurityTxtLayer, SecurityTxtOptions};
 
 /// A boxed future, as the services of this crate return.
