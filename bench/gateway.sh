@@ -55,12 +55,7 @@ declare -A URL_PATH=([html]=/index.html [json]=/api/items.json)
 
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-die() { log "ERROR: $*"; exit 1; }
-kv() { printf '%s=%q\n' "$1" "$2"; }
-
-case $BENCH_DIR in
-    "$REPO_ROOT"|"$REPO_ROOT"/*) die "BENCH_DIR must be outside the repository ($REPO_ROOT)";;
-esac
+outside_repository "$BENCH_DIR" "$REPO_ROOT"
 [[ -z $OUT || $OUT = /* ]] || OUT=$PWD/$OUT
 
 need_packages() {

@@ -1,7 +1,19 @@
 #!/usr/bin/env bash
-# Shell helpers the benchmark scripts share: logging and waiting for an idle machine.
+# Shell helpers the benchmark scripts share: logging, .env lines, and waiting for an idle machine.
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# kv NAME VALUE: one shell-quoted NAME=VALUE line for the .env files (sourced by the drivers,
+# parsed by the report scripts).
+kv() { printf '%s=%q\n' "$1" "$2"; }
+
+# outside_repository DIR REPO: stops unless DIR lies outside REPO (results never go in the clone).
+outside_repository() {
+    case $1 in
+        "$2"|"$2"/*) die "BENCH_DIR must be outside the repository ($2)";;
+    esac
+}
 
 # wait_quiet: waits until the processes of the machine use fewer than BENCH_QUIET_CORES cores
 # (over two seconds), for at most BENCH_QUIET_MAX seconds; adds the wait to QUIET_WAITED.

@@ -57,13 +57,7 @@ export RESTIC_PROGRESS_FPS=0.2
 
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-die() { log "ERROR: $*"; exit 1; }
-# kv NAME VALUE: one shell-quoted NAME=VALUE line for the .env files (sourced by this script, parsed by report.py).
-kv() { printf '%s=%q\n' "$1" "$2"; }
-
-case $BENCH_DIR in
-    "$REPO_ROOT"|"$REPO_ROOT"/*) die "BENCH_DIR must be outside the repository ($REPO_ROOT)";;
-esac
+outside_repository "$BENCH_DIR" "$REPO_ROOT"
 
 mkdir -p "$INPUTS" "$REPOS" "$SCRATCH" "$RESULTS" "$LOGS"
 [[ -s $PASSWORD_FILE ]] || { printf 'palisade-bench-password\n' >"$PASSWORD_FILE"; chmod 600 "$PASSWORD_FILE"; }

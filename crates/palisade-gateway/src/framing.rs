@@ -141,13 +141,8 @@ impl Watcher {
                 State::Refused => return &[],
                 State::Head(buf) => {
                     let seen = buf.len() + bytes.len();
-                    let start: Vec<u8> = buf
-                        .iter()
-                        .chain(bytes)
-                        .take(PREFACE.len())
-                        .copied()
-                        .collect();
-                    if PREFACE.starts_with(&start) {
+                    let preface = buf.iter().chain(bytes).zip(PREFACE).all(|(a, b)| a == b);
+                    if preface {
                         buf.extend_from_slice(bytes);
                         if seen >= PREFACE.len() {
                             out.extend_from_slice(buf);
@@ -291,9 +286,7 @@ fn lengths_are_plain(request: &httparse::Request<'_, '_>) -> bool {
     let Some(first) = lengths.next() else {
         return true;
     };
-    (1..=19).contains(&first.len())
-        && first.iter().all(u8::is_ascii_digit)
-        && lengths.all(|other| other == first)
+    crate::strict::is_length(first) && lengths.all(|other| other == first)
 }
 
 /// The verdict on one head and the state for its body.

@@ -2,7 +2,7 @@
 //! differently, the request target's length, and the body's declared size.
 //!
 //! Framing hyper accepts and repairs, and heads no parser can read, are flagged by the
-//! [`crate::framing`] watcher. hyper itself refuses malformed chunked bodies and
+//! [`crate::framing`] watcher and refused by its layer before a request gets here. hyper itself refuses malformed chunked bodies and
 //! `Content-Length` values that are not plain digits or disagree; the gateway's tests pin what
 //! it does. The request forwarded is the one hyper parsed, re-encoded, so the upstream sees the
 //! framing the gateway judged.
@@ -10,13 +10,10 @@
 use http::{HeaderMap, Request, header};
 use palisade_guard::{Rejection, RejectionKind};
 
-use crate::{framing::FramingFlag, options::Limits};
+use crate::options::Limits;
 
 /// The first rule `req` breaks, if any.
 pub fn check<B>(req: &Request<B>, limits: &Limits) -> Result<(), Rejection> {
-    if let Some(flag) = req.extensions().get::<FramingFlag>() {
-        return Err(Rejection::new(flag.kind, flag.rule));
-    }
     check_framing(req.headers())?;
     // The framing watch limits HTTP/1 heads; an HTTP/2 header list is checked here, where its
     // refusal gets the gateway's page (HTTP/2 itself refuses only lists of twice the limit).
@@ -83,7 +80,7 @@ fn header_list_size<B>(req: &Request<B>) -> usize {
 }
 
 /// One to nineteen ASCII digits: no sign, no hex, no list, no spaces.
-fn is_length(bytes: &[u8]) -> bool {
+pub(crate) fn is_length(bytes: &[u8]) -> bool {
     (1..=19).contains(&bytes.len()) && bytes.iter().all(u8::is_ascii_digit)
 }
 

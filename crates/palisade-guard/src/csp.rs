@@ -284,6 +284,8 @@ struct Prepared {
     cache_control: Option<HeaderValue>,
     /// The policy for responses that get no nonce.
     plain: HeaderValue,
+    /// The directives a page's nonce goes in.
+    nonce_in: Vec<&'static str>,
 }
 
 impl CspOptions {
@@ -353,6 +355,11 @@ impl CspOptions {
         };
         let plain = HeaderValue::from_str(&policy.render(None, &[]))
             .map_err(|_| bad("directives", "the policy is not a valid header value"))?;
+        let nonce_in = [(&scripts, "script-src"), (&styles, "style-src")]
+            .into_iter()
+            .filter(|(selector, _)| selector.is_some())
+            .map(|(_, directive)| directive)
+            .collect();
         Ok(Prepared {
             mode: self.mode,
             policy,
@@ -360,6 +367,7 @@ impl CspOptions {
             styles,
             cache_control,
             plain,
+            nonce_in,
         })
     }
 }
@@ -397,14 +405,7 @@ impl Prepared {
             return Response::from_parts(parts, Body::new(body));
         };
         let nonce = fresh_nonce();
-        let mut nonce_in = Vec::with_capacity(2);
-        if self.scripts.is_some() {
-            nonce_in.push("script-src");
-        }
-        if self.styles.is_some() {
-            nonce_in.push("style-src");
-        }
-        let policy = self.policy.render(Some(&nonce), &nonce_in);
+        let policy = self.policy.render(Some(&nonce), &self.nonce_in);
         let Ok(value) = HeaderValue::from_str(&policy) else {
             parts.headers.insert(self.header(), self.plain.clone());
             return Response::from_parts(parts, Body::new(body));
@@ -511,8 +512,7 @@ impl<B> NonceBody<B> {
                     Ok(())
                 },
             );
-            settings =
-                settings.append_element_content_handler((Cow::Owned(selector.clone()), handlers));
+            settings = settings.append_element_content_handler((Cow::Borrowed(selector), handlers));
         }
         let rewriter = lol_html::send::HtmlRewriter::new(settings, Sink(out.clone()));
         Self {

@@ -106,13 +106,7 @@ impl Recorder {
                     },
                 )
             }
-            Err(err) => (
-                RunOutcome::Failed,
-                RunResult {
-                    error: Some(crate::render(err)),
-                    ..RunResult::default()
-                },
-            ),
+            Err(err) => failed(err),
         };
         if let Err(err) = store.finish_run(id, chrono::Utc::now(), state, &result) {
             log::warn!("cannot record the run: {err}");
@@ -138,13 +132,7 @@ impl Recorder {
                     ..RunResult::default()
                 },
             ),
-            Err(err) => (
-                RunOutcome::Failed,
-                RunResult {
-                    error: Some(crate::render(err)),
-                    ..RunResult::default()
-                },
-            ),
+            Err(err) => failed(err),
         };
         if let Err(err) = store.finish_run(id, chrono::Utc::now(), state, &result) {
             log::warn!("cannot record the run: {err}");
@@ -318,4 +306,15 @@ pub fn show(session: &Session, args: &RunsArgs) -> Result<Outcome> {
         out.push_str(&format!("{} run(s)", runs.len()));
         out
     })
+}
+
+/// The record of a run that ended with `err`.
+fn failed(err: &anyhow::Error) -> (RunOutcome, RunResult) {
+    (
+        RunOutcome::Failed,
+        RunResult {
+            error: Some(crate::render(err)),
+            ..RunResult::default()
+        },
+    )
 }

@@ -901,29 +901,20 @@ impl Daemon<'_> {
             .map(|t| task_problem(t, &self.task_location(t), "").subject)
             .collect();
         for alert in open {
-            if alert.rule == Rule::RetentionFailed.as_str()
+            let stale_prune = alert.rule == Rule::RetentionFailed.as_str()
                 && alert.subject.starts_with("prune ")
-                && !prune_subjects.contains(&alert.subject)
-            {
-                log::info!(
-                    "its task left the config; the {} alert is closed",
-                    alert.key
-                );
-                if let Err(err) = self.store.remove_alert(&alert.key) {
-                    log::warn!("{err}");
-                }
-                continue;
-            }
-            let task_rule = [Rule::VerifyFailed, Rule::RestoreTestFailed]
+                && !prune_subjects.contains(&alert.subject);
+            let stale_check = [Rule::VerifyFailed, Rule::RestoreTestFailed]
                 .into_iter()
-                .find(|rule| rule.as_str() == alert.rule);
-            if let Some(rule) = task_rule
-                && !self
-                    .config
-                    .tasks
-                    .iter()
-                    .any(|t| t.run.rule() == rule && t.job == alert.job)
-            {
+                .find(|rule| rule.as_str() == alert.rule)
+                .is_some_and(|rule| {
+                    !self
+                        .config
+                        .tasks
+                        .iter()
+                        .any(|t| t.run.rule() == rule && t.job == alert.job)
+                });
+            if stale_prune || stale_check {
                 log::info!(
                     "its task left the config; the {} alert is closed",
                     alert.key
