@@ -1,7 +1,7 @@
 //! Rejections: every refused request gets a small branded page (or JSON when the client
 //! prefers it) and emits exactly one security event, through [`Rejection::respond`].
 
-use std::net::IpAddr;
+use std::{borrow::Cow, net::IpAddr};
 
 use bytes::Bytes;
 use http::{Extensions, HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
@@ -34,6 +34,17 @@ pub enum RejectionKind {
     SlowBody,
     /// Not a refusal: a browser's report that the Content-Security-Policy blocked something.
     CspViolation,
+    /// A state-changing request without a valid CSRF token, or sent from another site.
+    Csrf,
+    /// Input that breaks the route's validation rules (method, content type, schema,
+    /// parameters).
+    InvalidInput,
+    /// Input that the attack signatures match.
+    Attack,
+    /// An upload whose type, name or size the route does not accept.
+    UploadRefused,
+    /// An upload the virus scanner flagged.
+    Malware,
 }
 
 impl RejectionKind {
@@ -49,6 +60,11 @@ impl RejectionKind {
             Self::SlowHeaders => "slow_headers",
             Self::SlowBody => "slow_body",
             Self::CspViolation => "csp_violation",
+            Self::Csrf => "csrf",
+            Self::InvalidInput => "invalid_input",
+            Self::Attack => "attack",
+            Self::UploadRefused => "upload_refused",
+            Self::Malware => "malware",
         }
     }
 
@@ -62,6 +78,9 @@ impl RejectionKind {
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::SlowHeaders | Self::SlowBody => StatusCode::REQUEST_TIMEOUT,
             Self::CspViolation => StatusCode::NO_CONTENT,
+            Self::Csrf | Self::Attack | Self::Malware => StatusCode::FORBIDDEN,
+            Self::InvalidInput => StatusCode::BAD_REQUEST,
+            Self::UploadRefused => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 
@@ -77,23 +96,56 @@ impl RejectionKind {
             Self::SlowHeaders => "The request headers took too long to arrive.",
             Self::SlowBody => "The request body took too long to arrive.",
             Self::CspViolation => "The report was received.",
+            Self::Csrf => {
+                "The request did not come from this site's own pages. Reload the page and try again."
+            }
+            Self::InvalidInput => "The request's input is not valid.",
+            Self::Attack => "The request was blocked because it looks like an attack.",
+            Self::UploadRefused => "The uploaded file is not accepted here.",
+            Self::Malware => "The uploaded file was refused because it contains malware.",
         }
     }
 }
 
-/// A policy decision to refuse a request: its kind and the rule that made it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A policy decision to refuse a request: its kind, the rule that made it and, optionally, a
+/// short explanation for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     /// Why, in general.
     pub kind: RejectionKind,
-    /// The exact rule, such as `content-length-with-transfer-encoding`.
-    pub rule: &'static str,
+    /// The exact rule, such as `content-length-with-transfer-encoding` or a signature's id.
+    pub rule: Cow<'static, str>,
+    /// What the page says instead of the kind's general message: it must be safe to show to
+    /// the client (no secrets, no echo of the input beyond names the route's config gave).
+    pub detail: Option<String>,
 }
 
 impl Rejection {
     /// A rejection of `kind` by `rule`.
-    pub fn new(kind: RejectionKind, rule: &'static str) -> Self {
-        Self { kind, rule }
+    pub fn new(kind: RejectionKind, rule: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            kind,
+            rule: rule.into(),
+            detail: None,
+        }
+    }
+
+    /// The same rejection, explained to the client by `detail` (HTML-encoded on the page).
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// Emits the security event for a request that a log-only or detect-only setting lets
+    /// through: action `log`, no response.
+    pub fn log<T>(&self, req: &Request<T>) {
+        record(
+            self.kind,
+            &self.rule,
+            client_of(req.extensions()),
+            &route_of(req.uri()),
+            "log",
+        );
     }
 
     /// The response for `req`, after emitting the security event.
@@ -111,23 +163,19 @@ impl Rejection {
         let route = route_of(uri);
         record(
             self.kind,
-            self.rule,
+            &self.rule,
             client_of(extensions),
             &route,
             "reject",
         );
-        error_page(
-            self.kind.status(),
-            self.kind.message(),
-            Some(self.kind),
-            headers,
-        )
+        let message = self.detail.as_deref().unwrap_or(self.kind.message());
+        error_page(self.kind.status(), message, Some(self.kind), headers)
     }
 }
 
 /// Emits the security event of one refusal: the only place such events are made. `action` is
 /// `reject` when a response went out, `close` when the connection was closed instead (a
-/// client too slow to send its headers).
+/// client too slow to send its headers), `log` when a log-only setting let the request pass.
 pub fn record(
     kind: RejectionKind,
     rule: &str,
@@ -183,6 +231,7 @@ pub fn error_page<B: From<Bytes>>(
 
 fn html_page(status: StatusCode, message: &str, kind: Option<RejectionKind>) -> String {
     let code = status.as_u16();
+    let message = html_escape::encode_text(message);
     let reason = status.canonical_reason().unwrap_or("Error");
     let tag = kind
         .map(|k| format!(" · {}", k.as_str()))
@@ -286,6 +335,21 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_detail_replaces_the_message_and_is_encoded() {
+        let req = Request::post("/signup").body(()).unwrap();
+        let rejection = Rejection::new(RejectionKind::InvalidInput, "schema")
+            .with_detail("field <email> is not an e-mail address");
+        let response: Response<Bytes> = rejection.respond_to(&req);
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body = String::from_utf8(response.body().to_vec()).unwrap();
+        assert!(body.contains("field &lt;email&gt; is not"), "{body}");
+        assert!(
+            !body.contains(RejectionKind::InvalidInput.message()),
+            "{body}"
+        );
+    }
+
     /// An event as recorded: its target and its fields.
     type Recorded = (String, Vec<(String, String)>);
 
@@ -354,6 +418,30 @@ mod tests {
         assert_eq!(field("rule"), Some("max-uri-bytes"));
         assert_eq!(field("action"), Some("reject"));
         assert!(!format!("{fields:?}").contains("secret"));
+    }
+
+    #[test]
+    fn a_logged_rejection_is_an_event_with_action_log() {
+        let recorder = std::sync::Arc::new(Recorder::default());
+        let req = Request::post("/form").body(()).unwrap();
+        tracing::subscriber::with_default(recorder.clone(), || {
+            Rejection::new(RejectionKind::Attack, String::from("942100")).log(&req);
+        });
+        let events = recorder.0.lock().unwrap();
+        assert_eq!(events.len(), 1);
+        let fields = &events[0].1;
+        assert!(
+            fields.contains(&("action".into(), "log".into())),
+            "{fields:?}"
+        );
+        assert!(
+            fields.contains(&("rule".into(), "942100".into())),
+            "{fields:?}"
+        );
+        assert!(
+            fields.contains(&("kind".into(), "attack".into())),
+            "{fields:?}"
+        );
     }
 
     #[test]
