@@ -304,20 +304,8 @@ where
     })
 }
 
-fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    parse_duration(&text).ok_or_else(|| {
-        serde::de::Error::custom(format!(
-            "`{text}` is not a duration; write it like 10s, 500ms or 2m"
-        ))
-    })
-}
-
-/// `10s`, `500ms`, `2m`, `1h`, or a combination such as `1m 30s`.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let duration: jiff::SignedDuration = text.trim().parse().ok()?;
-    Duration::try_from(duration).ok()
-}
+use palisade_guard::settings::duration;
+pub use palisade_guard::settings::parse_duration;
 
 impl GatewayOptions {
     /// Options for one upstream with every default.

@@ -4,6 +4,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{Request, Response};
+use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -24,6 +25,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::{
     Error, GatewayOptions,
+    body_timeout::BodyTimeout,
     framing::{RefuseFlaggedLayer, Verdicts, Watched, Watcher},
     idle::IdleTimeout,
     options::upstream_uri,
@@ -153,6 +155,8 @@ impl Gateway {
             idle: options.timeouts.idle,
             max_head: options.limits.max_header_bytes,
             max_headers: options.limits.max_headers,
+            body_limit: usize::try_from(options.limits.max_body_bytes).unwrap_or(usize::MAX),
+            body_read: options.timeouts.body_read,
         };
 
         let https = listeners.accept(self.https, Some(self.acceptor.clone()), https_service);
@@ -257,12 +261,8 @@ fn hyper_refusal(
 
 /// What a listener serves: a cloneable service from requests to streaming responses.
 trait GatewayService:
-    Service<
-        Request<Incoming>,
-        Response = Response<Body>,
-        Error: Into<BoxError>,
-        Future: Send + 'static,
-    > + Clone
+    Service<Request<Body>, Response = Response<Body>, Error: Into<BoxError>, Future: Send + 'static>
+    + Clone
     + Send
     + 'static
 {
@@ -270,7 +270,7 @@ trait GatewayService:
 
 impl<S> GatewayService for S where
     S: Service<
-            Request<Incoming>,
+            Request<Body>,
             Response = Response<Body>,
             Error: Into<BoxError>,
             Future: Send + 'static,
@@ -317,6 +317,8 @@ struct Listeners {
     idle: Duration,
     max_head: usize,
     max_headers: usize,
+    body_limit: usize,
+    body_read: Duration,
 }
 
 impl Listeners {
@@ -354,6 +356,8 @@ impl Listeners {
                 max_head: self.max_head,
                 max_headers: self.max_headers,
                 header_read: self.header_read,
+                body_limit: self.body_limit,
+                body_read: self.body_read,
             };
             let (tls, service, header_read) = (tls.clone(), service.clone(), self.header_read);
             tokio::spawn(async move {
@@ -371,6 +375,8 @@ struct Connection {
     idle: Duration,
     max_head: usize,
     max_headers: usize,
+    body_limit: usize,
+    body_read: Duration,
 }
 
 impl Connection {
@@ -405,7 +411,13 @@ impl Connection {
         let peer = self.peer;
         let verdicts = Verdicts::default();
         let watcher = Watcher::new(verdicts.clone(), self.max_head, self.max_headers);
-        let service = service.map_request(move |mut req: Request<Incoming>| {
+        let body_limit = self.body_limit;
+        let body_read = self.body_read;
+        let service = service.map_request(move |req: Request<Incoming>| {
+            // Every layer reads the body through the size limit and the read timeout.
+            let (parts, body) = req.into_parts();
+            let body = BodyTimeout::new(Limited::new(body, body_limit), body_read);
+            let mut req = Request::from_parts(parts, Body::new(body));
             req.extensions_mut().insert(peer);
             // HTTP/1 requests arrive in the order of their heads; HTTP/2 has no verdicts.
             if req.version() <= http::Version::HTTP_11 {
