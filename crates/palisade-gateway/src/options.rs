@@ -4,7 +4,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use http::Uri;
 use palisade_guard::{
-    ClientIpOptions, CspOptions, CspReportOptions, SecurityHeadersOptions, SecurityTxtOptions,
+    ClientIpOptions, CspOptions, CspReportOptions, CsrfOptions, CsrfRouteOptions,
+    SecurityHeadersOptions, SecurityTxtOptions,
 };
 use serde::{Deserialize, Deserializer};
 
@@ -52,6 +53,9 @@ pub struct GatewayOptions {
     /// A collector for CSP violation reports, when given; the gateway's policies then name it
     /// in `report-uri`.
     pub csp_report: Option<CspReportOptions>,
+    /// CSRF tokens in pages and their checks on state-changing requests.
+    #[serde(default)]
+    pub csrf: CsrfOptions,
     /// Trusted proxies in front of the gateway.
     #[serde(default)]
     pub client_ip: ClientIpOptions,
@@ -79,6 +83,10 @@ pub struct RouteOptions {
     pub headers: SecurityHeadersOptions,
     /// The policy for these paths.
     pub csp: Option<CspOptions>,
+    /// The CSRF mode of these paths (`off` for signed webhooks) and whether they take JSON
+    /// only.
+    #[serde(default)]
+    pub csrf: CsrfRouteOptions,
 }
 
 fn default_listen() -> SocketAddr {
@@ -324,6 +332,7 @@ impl GatewayOptions {
             routes: Vec::new(),
             security_txt: None,
             csp_report: None,
+            csrf: CsrfOptions::default(),
             client_ip: ClientIpOptions::default(),
             limits: Limits::default(),
             timeouts: Timeouts::default(),
@@ -386,6 +395,9 @@ impl GatewayOptions {
                 format!("`{}` must start with /", report.path),
             ));
         }
+        self.csrf
+            .validate()
+            .map_err(|err| bad(&format!("csrf.{}", err.setting), err.message))?;
         if let Some(txt) = &self.security_txt {
             txt.validate()
                 .map_err(|err| bad(&format!("security_txt.{}", err.setting), err.message))?;

@@ -12,8 +12,9 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use palisade_guard::{
-    Body, BoxError, ClientIpLayer, CspLayer, CspReportLayer, HttpsRedirectLayer,
-    HttpsRedirectOptions, Peer, RejectionKind, SecurityHeadersLayer, SecurityTxtLayer,
+    Body, BoxError, ClientIpLayer, CspLayer, CspReportLayer, CsrfKey, CsrfLayer,
+    HttpsRedirectLayer, HttpsRedirectOptions, Peer, RejectionKind, SecurityHeadersLayer,
+    SecurityTxtLayer,
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -26,6 +27,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use crate::{
     Error, GatewayOptions,
     body_timeout::BodyTimeout,
+    csrf_key,
     framing::{RefuseFlaggedLayer, Verdicts, Watched, Watcher},
     idle::IdleTimeout,
     options::upstream_uri,
@@ -46,6 +48,7 @@ pub struct Gateway {
     certs: Arc<CertStore>,
     pool: Arc<Pool>,
     connector: Connector,
+    csrf_key: CsrfKey,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -109,6 +112,7 @@ impl Gateway {
             pool: Arc::new(Pool::new(uris)),
             connector,
             certs,
+            csrf_key: csrf_key::load(&options.csrf)?,
             https,
             http,
             options,
@@ -212,6 +216,11 @@ impl Gateway {
                 )
                 .map_err(|err| bad(format!("routes.csp.{}", err.setting), err.message))?;
         }
+        let mut csrf = CsrfLayer::new(&options.csrf, self.csrf_key.clone())
+            .map_err(|err| bad(format!("csrf.{}", err.setting), err.message))?;
+        for route in &options.routes {
+            csrf = csrf.with_route(&route.prefix, &route.csrf);
+        }
         let security_txt = options
             .security_txt
             .as_ref()
@@ -225,6 +234,7 @@ impl Gateway {
             .layer(RefuseFlaggedLayer)
             .option_layer(security_txt)
             .option_layer(options.csp_report.clone().map(CspReportLayer::new))
+            .layer(csrf)
             .service(proxy.clone());
 
         let redirect = HttpsRedirectLayer::new(&HttpsRedirectOptions {

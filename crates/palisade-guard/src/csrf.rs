@@ -457,7 +457,14 @@ impl CsrfLayer {
             .collect();
         let header = http::HeaderName::from_bytes(options.header.as_bytes())
             .map_err(|_| bad("header", "not a header name"))?;
-        let script = include_str!("csrf.js")
+        // The script without its comments and indentation, as every page carries it.
+        let script: String = include_str!("csrf.js")
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let script = script
             .replace("__HEADER__", header.as_str())
             .replace("__FIELD__", &options.field)
             .replace("__REFRESH__", &options.refresh_path);
