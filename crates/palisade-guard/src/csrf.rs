@@ -936,3 +936,188 @@ fn inject_settings<'s>(
     ));
     settings
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn own() -> Binding {
+        Binding::Own(fresh_own_value())
+    }
+
+    #[test]
+    fn a_token_is_good_for_its_binding_and_its_lifetime_only() {
+        let key = CsrfKey::generate();
+        let binding = own();
+        let token = mint(&key, &binding, 1_000_000);
+        assert_eq!(token.len(), 76);
+        assert_eq!(verify(&key, &binding, &token, 1_000_000, 3600), Ok(()));
+        assert_eq!(verify(&key, &binding, &token, 1_003_600, 3600), Ok(()));
+        assert_eq!(
+            verify(&key, &binding, &token, 1_003_601, 3600),
+            Err("csrf-token-expired")
+        );
+        // Another browser's cookie, another session, another key: worthless.
+        assert_eq!(
+            verify(&key, &own(), &token, 1_000_000, 3600),
+            Err("csrf-token-invalid")
+        );
+        let session = Binding::Session("abc".into());
+        assert_eq!(
+            verify(
+                &key,
+                &session,
+                &mint(&key, &Binding::Own("abc".into()), 1),
+                1,
+                9
+            ),
+            Err("csrf-token-invalid"),
+            "a session value and an own-cookie value never share tokens"
+        );
+        let other_key = CsrfKey::generate();
+        assert_eq!(
+            verify(&other_key, &binding, &token, 1_000_000, 3600),
+            Err("csrf-token-invalid")
+        );
+        // A token from the future, a cut one, or one with a flipped bit.
+        assert_eq!(
+            verify(&key, &binding, &token, 1_000_000 - 61, 3600),
+            Err("csrf-token-invalid")
+        );
+        assert_eq!(
+            verify(&key, &binding, &token[..70], 1_000_000, 3600),
+            Err("csrf-token-invalid")
+        );
+        let mut raw = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        raw[5] ^= 1;
+        let altered = URL_SAFE_NO_PAD.encode(raw);
+        assert_eq!(
+            verify(&key, &binding, &altered, 1_000_000, 3600),
+            Err("csrf-token-invalid")
+        );
+    }
+
+    #[test]
+    fn the_key_never_shows_in_debug() {
+        let key = CsrfKey::from_bytes(&[7; 32]).unwrap();
+        assert_eq!(format!("{key:?}"), "CsrfKey(..)");
+        assert!(CsrfKey::from_bytes(&[7; 31]).is_none());
+    }
+
+    #[test]
+    fn set_cookie_values_and_deletions_are_found() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::SET_COOKIE, "other=1".parse().unwrap());
+        headers.append(
+            header::SET_COOKIE,
+            "session=xyz; Path=/; HttpOnly".parse().unwrap(),
+        );
+        assert_eq!(set_cookie_value(&headers, "session"), Some("xyz"));
+        assert_eq!(set_cookie_value(&headers, "sess"), None);
+        headers.append(
+            header::SET_COOKIE,
+            "session=gone; Max-Age=0".parse().unwrap(),
+        );
+        assert_eq!(set_cookie_value(&headers, "session"), Some(""));
+    }
+
+    #[test]
+    fn the_nonce_of_an_upstream_policy_is_found() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; script-src 'self' 'nonce-r4nd0m' 'strict-dynamic'"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(policy_nonce(&headers).as_deref(), Some("r4nd0m"));
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'nonce-d3f'".parse().unwrap(),
+        );
+        assert_eq!(policy_nonce(&headers).as_deref(), Some("d3f"));
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            "script-src 'self'".parse().unwrap(),
+        );
+        assert_eq!(policy_nonce(&headers), None);
+    }
+
+    #[test]
+    fn origins_compare_by_scheme_host_and_port() {
+        let origin = |s| parse_origin(s);
+        assert_eq!(
+            origin("https://Example.com"),
+            origin("https://example.com:443")
+        );
+        assert_ne!(origin("https://example.com"), origin("http://example.com"));
+        assert_ne!(
+            origin("https://example.com"),
+            origin("https://example.com:8443")
+        );
+        assert_eq!(origin("null"), None);
+        assert_eq!(origin("ftp://example.com"), None);
+    }
+
+    #[test]
+    fn bad_settings_say_what_to_write_instead() {
+        let err = |options: CsrfOptions| options.validate().unwrap_err();
+        let bad = err(CsrfOptions {
+            cookie_name: "csrf".into(),
+            ..Default::default()
+        });
+        assert_eq!(bad.setting, "cookie_name");
+        assert!(bad.message.contains("__Host-"), "{}", bad.message);
+        let bad = err(CsrfOptions {
+            trusted_origins: vec!["admin.example.com".into()],
+            ..Default::default()
+        });
+        assert!(
+            bad.message.contains("https://admin.example.com"),
+            "{}",
+            bad.message
+        );
+        let bad = err(CsrfOptions {
+            max_age: Duration::from_secs(10),
+            ..Default::default()
+        });
+        assert_eq!(bad.setting, "max_age");
+        assert!(CsrfOptions::default().validate().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_page_without_head_still_gets_the_meta_tag_and_script() {
+        let layer = CsrfLayer::new(&CsrfOptions::default(), CsrfKey::generate()).unwrap();
+        let service = tower::service_fn(|_req: Request<Body>| async {
+            let mut response = Response::new(Body::from("<p>hi</p><form method=post></form>"));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+            Ok::<_, std::convert::Infallible>(response)
+        });
+        let mut service = layer.layer(service);
+        let mut req = Request::get("/").body(Body::empty()).unwrap();
+        let nonce = PageNonce::default();
+        req.extensions_mut().insert(nonce.clone());
+        let response = service.call(req).await.unwrap();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            body.starts_with("<p>hi</p><form method=post><input type=\"hidden\""),
+            "{body}"
+        );
+        assert!(body.contains("<meta name=\"csrf-token\""), "{body}");
+        assert!(
+            body.contains(&format!("<script nonce=\"{}\">", nonce.get())),
+            "{body}"
+        );
+        assert_eq!(
+            body.matches("<meta name=\"csrf-token\"").count(),
+            1,
+            "{body}"
+        );
+    }
+}
