@@ -437,7 +437,7 @@ fn set_cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
                 }
             })
         })
-        .last()
+        .next_back()
 }
 
 /// The layer: see the module documentation.
@@ -554,12 +554,12 @@ where
             let req = if state_changing {
                 match check(&shared, req, binding.as_ref(), json).await {
                     Ok(req) => req,
-                    Err((rejection, req)) => match mode {
-                        CsrfMode::LogOnly => {
+                    Err(refused) => match (mode, *refused) {
+                        (CsrfMode::LogOnly, (rejection, req)) => {
                             rejection.log(&req);
                             req
                         }
-                        _ => return Ok(rejection.respond_to(&req)),
+                        (_, (rejection, req)) => return Ok(rejection.respond_to(&req)),
                     },
                 }
             } else {
@@ -618,7 +618,8 @@ fn refresh(shared: &Shared, req: &Request<Body>) -> Response<Body> {
     response
 }
 
-type Refused = (Rejection, Request<Body>);
+/// A refusal and the request it refused, for the response (boxed: requests are large).
+type Refused = Box<(Rejection, Request<Body>)>;
 
 /// The checks of a state-changing request, in order: where it comes from, its content type
 /// on JSON routes, and its token. A refusal gives the request back for the response.
@@ -629,10 +630,10 @@ async fn check(
     json: bool,
 ) -> Result<Request<Body>, Refused> {
     let refuse = |req, rule: &'static str, detail: &str| {
-        Err((
+        Err(Box::new((
             Rejection::new(RejectionKind::Csrf, rule).with_detail(detail),
             req,
-        ))
+        )))
     };
     if let Some(rule) = cross_origin(shared, &req) {
         return refuse(
@@ -758,7 +759,12 @@ async fn token_of(
     let (parts, body) = req.into_parts();
     let bytes = match read_whole(body, usize::MAX).await {
         Ok(bytes) => bytes,
-        Err(rejection) => return Err((rejection, Request::from_parts(parts, Body::empty()))),
+        Err(rejection) => {
+            return Err(Box::new((
+                rejection,
+                Request::from_parts(parts, Body::empty()),
+            )));
+        }
     };
     let field = &shared.options.field;
     let token = if kind == "multipart/form-data" {

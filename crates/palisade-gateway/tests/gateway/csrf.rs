@@ -86,7 +86,7 @@ async fn pages_get_the_token_in_post_forms_a_meta_tag_and_the_script() {
     // The same browser, back again: its cookie stays and the new page's token differs.
     let (again, body) = gateway.send(page("/form", Some(&cookie))).await;
     assert!(again.headers().get(header::SET_COOKIE).is_none());
-    assert_ne!(token_in(&String::from_utf8(body.to_vec()).unwrap()), token);
+    assert_ne!(token_in(std::str::from_utf8(&body).unwrap()), token);
 }
 
 #[tokio::test]
