@@ -284,36 +284,8 @@ fn optional_socket_addr<'de, D: Deserializer<'de>>(
     socket_addr(deserializer).map(Some)
 }
 
-/// A size in bytes: a number, or text like `10 MiB` or `512KB`.
-fn byte_count<'de, D, T>(deserializer: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: TryFrom<u64>,
-{
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        Bytes(u64),
-        Text(String),
-    }
-    let bytes = match Size::deserialize(deserializer)? {
-        Size::Bytes(bytes) => bytes,
-        Size::Text(text) => text
-            .parse::<bytesize::ByteSize>()
-            .map_err(|_| {
-                serde::de::Error::custom(format!(
-                    "`{text}` is not a size; write a number of bytes, or like 10 MiB or 512 KB"
-                ))
-            })?
-            .as_u64(),
-    };
-    T::try_from(bytes).map_err(|_| {
-        serde::de::Error::custom(format!("{bytes} bytes is more than this machine can count"))
-    })
-}
-
-use palisade_guard::settings::duration;
 pub use palisade_guard::settings::parse_duration;
+use palisade_guard::settings::{byte_count, duration};
 
 impl GatewayOptions {
     /// Options for one upstream with every default.

@@ -1,4 +1,5 @@
-//! Reading settings that the layers' options share: durations like `8h` or `1m 30s`.
+//! Reading settings that the layers' options share: durations like `8h` or `1m 30s`, and sizes
+//! like `10 MiB`.
 
 use std::time::Duration;
 
@@ -19,3 +20,32 @@ pub fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, 
         ))
     })
 }
+
+/// A size in bytes: a number, or text like `10 MiB` or `512KB`.
+pub fn byte_count<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    let bytes = match Size::deserialize(deserializer)? {
+        Size::Bytes(bytes) => bytes,
+        Size::Text(text) => text
+            .parse::<bytesize::ByteSize>()
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is not a size; write a number of bytes, or like 10 MiB or 512 KB"
+                ))
+            })?
+            .as_u64(),
+    };
+    T::try_from(bytes).map_err(|_| {
+        serde::de::Error::custom(format!("{bytes} bytes is more than this machine can count"))
+    })
+}
+
