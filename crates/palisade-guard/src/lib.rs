@@ -19,6 +19,7 @@ mod route;
 pub mod sanitize;
 pub mod security_txt;
 pub mod settings;
+pub mod validate;
 
 pub use body::{Body, BoxError};
 pub use client_ip::{ClientAddr, ClientIpLayer, ClientIpOptions, Peer};
@@ -30,6 +31,7 @@ pub use redirect::{HttpsRedirectLayer, HttpsRedirectOptions};
 pub use reject::{Rejection, RejectionKind};
 pub use sanitize::{SanitizeOptions, Sanitizer};
 pub use security_txt::{SecurityTxtLayer, SecurityTxtOptions};
+pub use validate::{ValidateLayer, ValidationOptions};
 
 /// A boxed future, as the services of this crate return.
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;

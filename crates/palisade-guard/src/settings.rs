@@ -48,4 +48,3 @@ where
         serde::de::Error::custom(format!("{bytes} bytes is more than this machine can count"))
     })
 }
-

@@ -9,3 +9,4 @@ mod redirect;
 mod smuggling;
 mod support;
 mod tls;
+mod validate;
