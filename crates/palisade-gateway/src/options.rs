@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use http::Uri;
 use palisade_guard::{
-    ClientIpOptions, CspOptions, CspReportOptions, CsrfOptions, CsrfRouteOptions,
+    ClientIpOptions, CspOptions, CspReportOptions, CsrfOptions, CsrfRouteOptions, RateLimitOptions,
     SecurityHeadersOptions, SecurityTxtOptions, ValidationOptions,
 };
 use serde::{Deserialize, Deserializer};
@@ -56,6 +56,9 @@ pub struct GatewayOptions {
     /// CSRF tokens in pages and their checks on state-changing requests.
     #[serde(default)]
     pub csrf: CsrfOptions,
+    /// Rate limits per client address, route group or globally; none by default.
+    #[serde(default)]
+    pub rate_limit: RateLimitOptions,
     /// Trusted proxies in front of the gateway.
     #[serde(default)]
     pub client_ip: ClientIpOptions,
@@ -332,6 +335,7 @@ impl GatewayOptions {
             security_txt: None,
             csp_report: None,
             csrf: CsrfOptions::default(),
+            rate_limit: RateLimitOptions::default(),
             client_ip: ClientIpOptions::default(),
             limits: Limits::default(),
             timeouts: Timeouts::default(),
@@ -407,6 +411,9 @@ impl GatewayOptions {
         self.csrf
             .validate()
             .map_err(|err| bad(&format!("csrf.{}", err.setting), err.message))?;
+        self.rate_limit
+            .validate()
+            .map_err(|err| bad(&format!("rate_limit.{}", err.setting), err.message))?;
         if let Some(txt) = &self.security_txt {
             txt.validate()
                 .map_err(|err| bad(&format!("security_txt.{}", err.setting), err.message))?;

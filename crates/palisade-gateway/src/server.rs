@@ -13,8 +13,8 @@ use hyper_util::{
 };
 use palisade_guard::{
     Body, BoxError, ClientIpLayer, CspLayer, CspReportLayer, CsrfKey, CsrfLayer,
-    HttpsRedirectLayer, HttpsRedirectOptions, Peer, RejectionKind, SecurityHeadersLayer,
-    SecurityTxtLayer, ValidateLayer,
+    HttpsRedirectLayer, HttpsRedirectOptions, Peer, RateLimitLayer, RejectionKind,
+    SecurityHeadersLayer, SecurityTxtLayer, ValidateLayer,
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -233,6 +233,9 @@ impl Gateway {
                 .with_route(&route.prefix, rules, schema.as_ref())
                 .map_err(|err| bad(setting(&err.setting), err.message))?;
         }
+        let rate_limit = RateLimitLayer::new(&options.rate_limit)
+            .map_err(|err| bad(format!("rate_limit.{}", err.setting), err.message))?;
+        let rate_limit = (!rate_limit.is_empty()).then_some(rate_limit);
         let security_txt = options
             .security_txt
             .as_ref()
@@ -244,6 +247,7 @@ impl Gateway {
             .layer(csp)
             .layer(ClientIpLayer::new(options.client_ip.clone()))
             .layer(RefuseFlaggedLayer)
+            .option_layer(rate_limit)
             .option_layer(security_txt)
             .option_layer(options.csp_report.clone().map(CspReportLayer::new))
             .layer(csrf)

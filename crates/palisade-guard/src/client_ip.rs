@@ -45,7 +45,7 @@ pub enum ForwardedHeader {
 pub struct ClientIpOptions {
     /// Proxies in front of this server whose forwarded headers are believed (CIDR list).
     /// Empty: forwarded headers are ignored.
-    #[serde(default, deserialize_with = "networks")]
+    #[serde(default, deserialize_with = "crate::settings::networks")]
     pub trusted_proxies: Vec<IpNet>,
     /// The header the trusted proxies set.
     #[serde(default)]
@@ -82,23 +82,6 @@ impl ClientIpOptions {
 }
 
 /// Every `X-Forwarded-For` hop in order; `None` for one that is not an address.
-/// CIDR ranges, or single addresses (a range of one).
-fn networks<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
-    Vec::<String>::deserialize(deserializer)?
-        .iter()
-        .map(|text| {
-            text.parse::<IpNet>()
-                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    serde::de::Error::custom(format!(
-                        "`{text}` is not an IP address or CIDR range; write it like \
-                         10.0.0.0/8, 192.168.1.7 or fd00::/8"
-                    ))
-                })
-        })
-        .collect()
-}
-
 fn x_forwarded_for(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
     headers
         .get_all("x-forwarded-for")

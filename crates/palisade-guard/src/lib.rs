@@ -12,6 +12,7 @@ pub mod csp_report;
 pub mod csrf;
 pub mod headers;
 pub mod host;
+pub mod ratelimit;
 pub mod redirect;
 pub mod reject;
 mod rewrite;
@@ -27,6 +28,7 @@ pub use csp::{CspLayer, CspMode, CspOptions, CspPolicy, DirectiveValue, PageNonc
 pub use csp_report::{CspReportLayer, CspReportOptions};
 pub use csrf::{CsrfKey, CsrfLayer, CsrfMode, CsrfOptions, CsrfRouteOptions};
 pub use headers::{CookieOptions, SameSite, SecurityHeadersLayer, SecurityHeadersOptions};
+pub use ratelimit::{RateLimitLayer, RateLimitOptions};
 pub use redirect::{HttpsRedirectLayer, HttpsRedirectOptions};
 pub use reject::{Rejection, RejectionKind};
 pub use sanitize::{SanitizeOptions, Sanitizer};

@@ -45,6 +45,8 @@ pub enum RejectionKind {
     UploadRefused,
     /// An upload the virus scanner flagged.
     Malware,
+    /// More requests than a rate limit allows.
+    RateLimited,
 }
 
 impl RejectionKind {
@@ -65,6 +67,7 @@ impl RejectionKind {
             Self::Attack => "attack",
             Self::UploadRefused => "upload_refused",
             Self::Malware => "malware",
+            Self::RateLimited => "rate_limited",
         }
     }
 
@@ -81,6 +84,7 @@ impl RejectionKind {
             Self::Csrf | Self::Attack | Self::Malware => StatusCode::FORBIDDEN,
             Self::InvalidInput => StatusCode::BAD_REQUEST,
             Self::UploadRefused => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -103,6 +107,7 @@ impl RejectionKind {
             Self::Attack => "The request was blocked because it looks like an attack.",
             Self::UploadRefused => "The uploaded file is not accepted here.",
             Self::Malware => "The uploaded file was refused because it contains malware.",
+            Self::RateLimited => "Too many requests. Please wait a moment and try again.",
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Reading settings that the layers' options share: durations like `8h` or `1m 30s`, and sizes
-//! like `10 MiB`.
+//! like `10 MiB`, and lists of address ranges.
 
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
+
+use ipnet::IpNet;
 
 use serde::{Deserialize, Deserializer};
 
@@ -47,4 +49,21 @@ where
     T::try_from(bytes).map_err(|_| {
         serde::de::Error::custom(format!("{bytes} bytes is more than this machine can count"))
     })
+}
+
+/// A list of CIDR ranges, or single addresses (a range of one).
+pub fn networks<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(deserializer)?
+        .iter()
+        .map(|text| {
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "`{text}` is not an IP address or CIDR range; write it like \
+                         10.0.0.0/8, 192.168.1.7 or fd00::/8"
+                    ))
+                })
+        })
+        .collect()
 }

@@ -5,6 +5,7 @@ mod csrf;
 mod headers;
 mod limits;
 mod proxy;
+mod ratelimit;
 mod redirect;
 mod smuggling;
 mod support;
