@@ -6,26 +6,32 @@
 //! response built by [`reject`] and emits one security event; see `docs/gateway.md`.
 
 pub mod body;
+pub mod clamav;
 pub mod client_ip;
 pub mod csp;
 pub mod csp_report;
 pub mod headers;
 pub mod host;
+pub mod inspect;
 pub mod redirect;
 pub mod reject;
 mod route;
 pub mod sanitize;
 pub mod security_txt;
+pub mod upload;
 
 pub use body::{Body, BoxError};
+pub use clamav::{ClamavOptions, Clamd, WhenUnavailable};
 pub use client_ip::{ClientAddr, ClientIpLayer, ClientIpOptions, Peer};
 pub use csp::{CspLayer, CspMode, CspOptions, CspPolicy, DirectiveValue};
 pub use csp_report::{CspReportLayer, CspReportOptions};
 pub use headers::{CookieOptions, SameSite, SecurityHeadersLayer, SecurityHeadersOptions};
+pub use inspect::BodyReadOptions;
 pub use redirect::{HttpsRedirectLayer, HttpsRedirectOptions};
 pub use reject::{Rejection, RejectionKind};
 pub use sanitize::{SanitizeOptions, Sanitizer};
 pub use security_txt::{SecurityTxtLayer, SecurityTxtOptions};
+pub use upload::{UploadLayer, UploadOptions};
 
 /// A boxed future, as the services of this crate return.
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;

@@ -45,6 +45,11 @@ pub enum RejectionKind {
     UploadRefused,
     /// An upload the virus scanner flagged.
     Malware,
+    /// An upload that could not be scanned because the virus scanner did not answer.
+    ScanUnavailable,
+    /// Not a refusal: input the gateway cleaned and passed on (markup removed from rich text,
+    /// a path taken out of an upload's file name).
+    Sanitized,
 }
 
 impl RejectionKind {
@@ -65,6 +70,8 @@ impl RejectionKind {
             Self::Attack => "attack",
             Self::UploadRefused => "upload_refused",
             Self::Malware => "malware",
+            Self::ScanUnavailable => "scan_unavailable",
+            Self::Sanitized => "sanitized",
         }
     }
 
@@ -81,6 +88,8 @@ impl RejectionKind {
             Self::Csrf | Self::Attack | Self::Malware => StatusCode::FORBIDDEN,
             Self::InvalidInput => StatusCode::BAD_REQUEST,
             Self::UploadRefused => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::ScanUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Sanitized => StatusCode::OK,
         }
     }
 
@@ -103,6 +112,10 @@ impl RejectionKind {
             Self::Attack => "The request was blocked because it looks like an attack.",
             Self::UploadRefused => "The uploaded file is not accepted here.",
             Self::Malware => "The uploaded file was refused because it contains malware.",
+            Self::ScanUnavailable => {
+                "The uploaded file could not be checked for malware just now. Please try again shortly."
+            }
+            Self::Sanitized => "The request's input was cleaned.",
         }
     }
 }
@@ -139,12 +152,18 @@ impl Rejection {
     /// Emits the security event for a request that a log-only or detect-only setting lets
     /// through: action `log`, no response.
     pub fn log<T>(&self, req: &Request<T>) {
+        self.record_as(req.uri(), req.extensions(), "log");
+    }
+
+    /// Emits the security event for a request with these parts that is let through with
+    /// `action` (`log`, or `sanitize` for input that was cleaned), without a response.
+    pub fn record_as(&self, uri: &Uri, extensions: &Extensions, action: &'static str) {
         record(
             self.kind,
             &self.rule,
-            client_of(req.extensions()),
-            &route_of(req.uri()),
-            "log",
+            client_of(extensions),
+            &route_of(uri),
+            action,
         );
     }
 
