@@ -4,7 +4,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use http::Uri;
 use palisade_guard::{
-    ClientIpOptions, CspOptions, CspReportOptions, SecurityHeadersOptions, SecurityTxtOptions,
+    ClamavOptions, ClientIpOptions, CspOptions, CspReportOptions, SecurityHeadersOptions,
+    SecurityTxtOptions, UploadOptions,
 };
 use serde::{Deserialize, Deserializer};
 
@@ -64,12 +65,14 @@ pub struct GatewayOptions {
     /// How upstreams are probed.
     #[serde(default)]
     pub health_check: HealthCheckOptions,
+    /// The ClamAV daemon that routes with `upload` rules scan files with, when given.
+    pub clamav: Option<ClamavOptions>,
 }
 
 /// The header settings of the paths under `prefix`; every header setting not given takes its
 /// safe default (not the value in `[gateway.headers]`). Without `csp`, the paths get
 /// `[gateway.csp]`; with it, that section's settings, each one not given at its default.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteOptions {
     /// `/embed` covers `/embed` and `/embed/...`; the longest matching prefix wins.
@@ -79,6 +82,9 @@ pub struct RouteOptions {
     pub headers: SecurityHeadersOptions,
     /// The policy for these paths.
     pub csp: Option<CspOptions>,
+    /// What `multipart/form-data` uploads to these paths may hold; without it, uploads are
+    /// not checked.
+    pub upload: Option<UploadOptions>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -340,6 +346,7 @@ impl GatewayOptions {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             health_check: HealthCheckOptions::default(),
+            clamav: None,
         }
     }
 
@@ -389,6 +396,12 @@ impl GatewayOptions {
                     bad(&format!("routes[{index}].csp.{}", err.setting), err.message)
                 })?;
             }
+            self.validate_upload(index, route)?;
+        }
+        if let Some(clamav) = &self.clamav {
+            clamav
+                .validate()
+                .map_err(|err| bad(&format!("clamav.{}", err.setting), err.message))?;
         }
         if let Some(report) = &self.csp_report
             && !report.path.starts_with('/')
@@ -403,6 +416,38 @@ impl GatewayOptions {
                 .map_err(|err| bad(&format!("security_txt.{}", err.setting), err.message))?;
         }
         self.validate_limits()
+    }
+
+    fn validate_upload(&self, index: usize, route: &RouteOptions) -> Result<(), Error> {
+        let Some(upload) = &route.upload else {
+            return Ok(());
+        };
+        let bad = |setting: &str, message: String| Error::BadSetting {
+            setting: format!("routes[{index}].upload.{setting}"),
+            message,
+        };
+        upload
+            .validate()
+            .map_err(|err| bad(err.setting, err.message))?;
+        if upload.scan && self.clamav.is_none() {
+            return Err(bad(
+                "scan",
+                "no virus scanner is configured; add [gateway.clamav] with clamd's socket \
+                 (socket = \"/run/clamav/clamd.ctl\"), or set scan = false"
+                    .into(),
+            ));
+        }
+        if upload.max_file_bytes > self.limits.max_body_bytes {
+            return Err(bad(
+                "max_file_bytes",
+                format!(
+                    "is larger than limits.max_body_bytes ({} bytes), which every request \
+                     must fit; lower it or raise the limit",
+                    self.limits.max_body_bytes
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_limits(&self) -> Result<(), Error> {

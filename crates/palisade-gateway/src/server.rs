@@ -11,8 +11,8 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use palisade_guard::{
-    Body, BoxError, ClientIpLayer, CspLayer, CspReportLayer, HttpsRedirectLayer,
-    HttpsRedirectOptions, Peer, RejectionKind, SecurityHeadersLayer, SecurityTxtLayer,
+    Body, BodyReadOptions, BoxError, ClientIpLayer, CspLayer, CspReportLayer, HttpsRedirectLayer,
+    HttpsRedirectOptions, Peer, RejectionKind, SecurityHeadersLayer, SecurityTxtLayer, UploadLayer,
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -214,6 +214,7 @@ impl Gateway {
             .map(SecurityTxtLayer::new)
             .transpose()
             .map_err(|err| bad(format!("security_txt.{}", err.setting), err.message))?;
+        let upload = self.upload_layer()?;
         let https = ServiceBuilder::new()
             .layer(headers.clone())
             .layer(csp)
@@ -221,6 +222,7 @@ impl Gateway {
             .layer(RefuseFlaggedLayer)
             .option_layer(security_txt)
             .option_layer(options.csp_report.clone().map(CspReportLayer::new))
+            .option_layer(upload)
             .service(proxy.clone());
 
         let redirect = HttpsRedirectLayer::new(&HttpsRedirectOptions {
@@ -235,6 +237,38 @@ impl Gateway {
             .layer(redirect)
             .service(proxy);
         Ok((https, http))
+    }
+}
+
+impl Gateway {
+    /// How the layers that read whole bodies read them: the proxy's limit and read timeout.
+    fn body_read(&self) -> BodyReadOptions {
+        BodyReadOptions {
+            max_bytes: self.options.limits.max_body_bytes,
+            read_timeout: self.options.timeouts.body_read,
+        }
+    }
+
+    /// The upload checks, when a route has `upload` rules.
+    fn upload_layer(&self) -> Result<Option<UploadLayer>, Error> {
+        let options = &self.options;
+        if options.routes.iter().all(|route| route.upload.is_none()) {
+            return Ok(None);
+        }
+        let mut layer = UploadLayer::new(options.clamav.as_ref(), self.body_read())
+            .map_err(|err| bad(format!("clamav.{}", err.setting), err.message))?;
+        for (index, route) in options.routes.iter().enumerate() {
+            let Some(upload) = &route.upload else {
+                continue;
+            };
+            layer = layer.with_route(&route.prefix, upload).map_err(|err| {
+                bad(
+                    format!("routes[{index}].upload.{}", err.setting),
+                    err.message,
+                )
+            })?;
+        }
+        Ok(Some(layer))
     }
 }
 

@@ -150,6 +150,7 @@ async fn a_route_gets_its_own_header_settings() {
         prefix: "/embed".into(),
         headers: Default::default(),
         csp: None,
+        ..Default::default()
     };
     embed.headers.frame_options = palisade_guard::headers::FrameOptions::SameOrigin;
     options.routes.push(embed);
@@ -307,6 +308,7 @@ async fn a_route_can_try_its_policy_report_only() {
             mode: palisade_guard::CspMode::ReportOnly,
             ..Default::default()
         }),
+        ..Default::default()
     }];
     let gateway = TestGateway::start(options).await;
     let (response, body) = gateway.send(get("/page")).await;

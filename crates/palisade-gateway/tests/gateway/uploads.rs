@@ -1,0 +1,250 @@
+//! Upload checks: files on an upload route are judged by their bytes, declared type, name and
+//! size, scanned by a real clamd, and the upstream gets only what passed, with clean names.
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use palisade_gateway::{GatewayOptions, RouteOptions};
+use palisade_guard::{ClamavOptions, UploadOptions, WhenUnavailable};
+
+use crate::{
+    clamd::{ClamdServer, eicar},
+    support::{TestGateway, Upstream, options},
+};
+
+/// A one-pixel PNG.
+pub const PNG: &[u8] =
+    b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89\
+\0\0\0\rIDATx\x9cc\xf8\xff\xff?\0\x05\xfe\x02\xfe\xa7\x35\x81\x84\0\0\0\0IEND\xaeB`\x82";
+
+const BOUNDARY: &str = "----palisade-test-7MA4YWxk";
+
+/// One part of a form: name, file name, declared type, data.
+pub type FormPart<'a> = (&'a str, Option<&'a str>, Option<&'a str>, &'a [u8]);
+
+/// A `multipart/form-data` body as a browser writes it.
+pub fn form(parts: &[FormPart<'_>]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, file_name, content_type, data) in parts {
+        body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
+        let file = file_name.map_or(String::new(), |f| format!("; filename=\"{f}\""));
+        let disposition = format!("Content-Disposition: form-data; name=\"{name}\"{file}\r\n");
+        body.extend_from_slice(disposition.as_bytes());
+        if let Some(content_type) = content_type {
+            body.extend_from_slice(format!("Content-Type: {content_type}\r\n").as_bytes());
+        }
+        body.extend_from_slice(b"\r\n");
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+/// A POST of `body` as a form to `path`.
+pub fn post_form(path: &str, body: Vec<u8>) -> Request<Full<Bytes>> {
+    Request::post(path)
+        .header("host", "localhost")
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+/// A gateway whose `/upload` route takes up to two PNG or PDF files of 64 KiB, scanned by
+/// `clamav` when given.
+pub fn upload_options(upstream: &Upstream, clamav: Option<ClamavOptions>) -> GatewayOptions {
+    let mut options = options(upstream);
+    options.routes.push(RouteOptions {
+        prefix: "/upload".into(),
+        upload: Some(UploadOptions {
+            allow: vec!["png".into(), "pdf".into()],
+            max_file_bytes: 64 * 1024,
+            max_files: 2,
+            scan: clamav.is_some(),
+        }),
+        ..Default::default()
+    });
+    options.clamav = clamav;
+    options
+}
+
+/// A PNG that carries the EICAR test string after its image data.
+pub fn infected_png() -> Vec<u8> {
+    [PNG, &eicar()].concat()
+}
+
+#[tokio::test]
+async fn a_png_passes_with_its_name_cleaned_and_the_form_intact() {
+    let upstream = Upstream::start().await;
+    let clamd = ClamdServer::start();
+    let gateway = TestGateway::start(upload_options(
+        &upstream,
+        Some(ClamavOptions::socket(&clamd.socket)),
+    ))
+    .await;
+    let body = form(&[
+        ("title", None, None, b"holiday"),
+        (
+            "photo",
+            Some("../../../var/www/html/cat.photo.png"),
+            Some("image/png"),
+            PNG,
+        ),
+    ]);
+    let (response, _) = gateway.send(post_form("/upload", body)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let received = upstream.received();
+    assert_eq!(received.len(), 1);
+    let expected = form(&[
+        ("title", None, None, b"holiday"),
+        ("photo", Some("cat_photo.png"), Some("image/png"), PNG),
+    ]);
+    assert_eq!(received[0].body, expected);
+    assert_eq!(
+        received[0].headers["content-length"],
+        expected.len().to_string().as_str()
+    );
+}
+
+#[tokio::test]
+async fn files_whose_bytes_type_or_size_do_not_fit_never_reach_the_upstream() {
+    let upstream = Upstream::start().await;
+    let gateway = TestGateway::start(upload_options(&upstream, None)).await;
+    let php = b"<?php echo shell_exec($_GET['cmd']); ?>";
+    let big = [PNG, &vec![0u8; 70 * 1024]].concat();
+    let cases: [(Vec<u8>, StatusCode, &str); 5] = [
+        // A PHP script renamed .jpg (and declared as an image).
+        (
+            form(&[("photo", Some("cat.jpg"), Some("image/jpeg"), php)]),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "could not be recognised",
+        ),
+        // A PNG declared as something else.
+        (
+            form(&[("photo", Some("cat.png"), Some("application/pdf"), PNG)]),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "declared type does not match",
+        ),
+        // A PNG named as another type.
+        (
+            form(&[("photo", Some("cat.php"), Some("image/png"), PNG)]),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "cat.php",
+        ),
+        (
+            form(&[("photo", Some("big.png"), Some("image/png"), &big)]),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "65536 bytes",
+        ),
+        (
+            form(&[
+                ("a", Some("a.png"), Some("image/png"), PNG),
+                ("b", Some("b.png"), Some("image/png"), PNG),
+                ("c", Some("c.png"), Some("image/png"), PNG),
+            ]),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "At most 2 files",
+        ),
+    ];
+    for (body, status, says) in cases {
+        let (response, page) = gateway.send(post_form("/upload", body)).await;
+        let page = String::from_utf8_lossy(&page);
+        assert_eq!(response.status(), status, "{page}");
+        assert!(page.contains(says), "{says}: {page}");
+    }
+    assert!(upstream.received().is_empty());
+    // Other routes are not upload routes: the same PHP form passes there untouched.
+    let body = form(&[("photo", Some("cat.jpg"), Some("image/jpeg"), php)]);
+    let (response, _) = gateway.send(post_form("/other", body.clone())).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(upstream.received()[0].body, body);
+}
+
+#[tokio::test]
+async fn a_file_with_malware_is_refused_by_a_real_clamd() {
+    let upstream = Upstream::start().await;
+    let clamd = ClamdServer::start();
+    let gateway = TestGateway::start(upload_options(
+        &upstream,
+        Some(ClamavOptions::socket(&clamd.socket)),
+    ))
+    .await;
+    let body = form(&[("photo", Some("cat.png"), Some("image/png"), &infected_png())]);
+    let (response, page) = gateway.send(post_form("/upload", body)).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert!(String::from_utf8_lossy(&page).contains("malware"));
+    assert!(upstream.received().is_empty());
+}
+
+#[tokio::test]
+async fn clamd_down_refuses_by_default_and_passes_only_when_told_to() {
+    let upstream = Upstream::start().await;
+    let mut clamd = ClamdServer::start();
+    let clean = form(&[("photo", Some("cat.png"), Some("image/png"), PNG)]);
+    let refusing = TestGateway::start(upload_options(
+        &upstream,
+        Some(ClamavOptions::socket(&clamd.socket)),
+    ))
+    .await;
+    let (response, _) = refusing.send(post_form("/upload", clean.clone())).await;
+    assert_eq!(response.status(), StatusCode::OK, "clamd up");
+    clamd.crash();
+    let (response, page) = refusing.send(post_form("/upload", clean.clone())).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(String::from_utf8_lossy(&page).contains("could not be checked for malware"));
+    assert_eq!(upstream.received().len(), 1);
+
+    let mut clamav = ClamavOptions::socket(&clamd.socket);
+    clamav.when_unavailable = WhenUnavailable::DangerPass;
+    let passing = TestGateway::start(upload_options(&upstream, Some(clamav))).await;
+    let (response, _) = passing.send(post_form("/upload", clean)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(upstream.received().len(), 2);
+}
+
+#[tokio::test]
+async fn curl_uploads_like_a_browser() {
+    let upstream = Upstream::start().await;
+    let clamd = ClamdServer::start();
+    let gateway = TestGateway::start(upload_options(
+        &upstream,
+        Some(ClamavOptions::socket(&clamd.socket)),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("cat.png");
+    std::fs::write(&png, PNG).unwrap();
+    let shell = dir.path().join("shell.png");
+    std::fs::write(&shell, b"<?php system($_GET['c']);").unwrap();
+    let gateway = &gateway;
+    let curl = |file: &std::path::Path, name: &str| {
+        let field = format!("photo=@{};filename={name};type=image/png", file.display());
+        let url = gateway.url("/upload");
+        async move {
+            let args = [
+                "-F",
+                "caption=hi",
+                "-F",
+                &field,
+                "-w",
+                "%{http_code}",
+                "-o",
+                "/dev/null",
+                &url,
+            ];
+            let output = gateway.curl(&args).await;
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        }
+    };
+    assert_eq!(curl(&png, "../../evil/cat.png").await, "200");
+    assert_eq!(curl(&shell, "shell.png").await, "415");
+    let received = upstream.received();
+    assert_eq!(received.len(), 1);
+    let body = String::from_utf8_lossy(&received[0].body);
+    assert!(body.contains("filename=\"cat.png\""), "{body}");
+    assert!(body.contains("Content-Type: image/png"), "{body}");
+    assert!(body.contains("name=\"caption\"\r\n\r\nhi\r\n"), "{body}");
+}
