@@ -15,6 +15,7 @@ pub mod host;
 pub mod inspect;
 pub mod redirect;
 pub mod reject;
+pub mod rich_text;
 mod route;
 pub mod sanitize;
 pub mod security_txt;
@@ -29,6 +30,7 @@ pub use headers::{CookieOptions, SameSite, SecurityHeadersLayer, SecurityHeaders
 pub use inspect::BodyReadOptions;
 pub use redirect::{HttpsRedirectLayer, HttpsRedirectOptions};
 pub use reject::{Rejection, RejectionKind};
+pub use rich_text::{RichTextLayer, RichTextOptions};
 pub use sanitize::{SanitizeOptions, Sanitizer};
 pub use security_txt::{SecurityTxtLayer, SecurityTxtOptions};
 pub use upload::{UploadLayer, UploadOptions};
