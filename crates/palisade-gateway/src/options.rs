@@ -4,8 +4,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use http::Uri;
 use palisade_guard::{
-    ClamavOptions, ClientIpOptions, CspOptions, CspReportOptions, SecurityHeadersOptions,
-    SecurityTxtOptions, UploadOptions,
+    ClamavOptions, ClientIpOptions, CspOptions, CspReportOptions, RichTextOptions,
+    SecurityHeadersOptions, SecurityTxtOptions, UploadOptions,
 };
 use serde::{Deserialize, Deserializer};
 
@@ -85,6 +85,8 @@ pub struct RouteOptions {
     /// What `multipart/form-data` uploads to these paths may hold; without it, uploads are
     /// not checked.
     pub upload: Option<UploadOptions>,
+    /// Form fields and JSON pointers whose HTML is sanitised on the way in; without it, none.
+    pub rich_text: Option<RichTextOptions>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -397,6 +399,14 @@ impl GatewayOptions {
                 })?;
             }
             self.validate_upload(index, route)?;
+            if let Some(rich_text) = &route.rich_text {
+                rich_text.validate().map_err(|err| {
+                    bad(
+                        &format!("routes[{index}].rich_text.{}", err.setting),
+                        err.message,
+                    )
+                })?;
+            }
         }
         if let Some(clamav) = &self.clamav {
             clamav

@@ -12,7 +12,8 @@ use hyper_util::{
 };
 use palisade_guard::{
     Body, BodyReadOptions, BoxError, ClientIpLayer, CspLayer, CspReportLayer, HttpsRedirectLayer,
-    HttpsRedirectOptions, Peer, RejectionKind, SecurityHeadersLayer, SecurityTxtLayer, UploadLayer,
+    HttpsRedirectOptions, Peer, RejectionKind, RichTextLayer, SecurityHeadersLayer,
+    SecurityTxtLayer, UploadLayer,
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -215,6 +216,7 @@ impl Gateway {
             .transpose()
             .map_err(|err| bad(format!("security_txt.{}", err.setting), err.message))?;
         let upload = self.upload_layer()?;
+        let rich_text = self.rich_text_layer()?;
         let https = ServiceBuilder::new()
             .layer(headers.clone())
             .layer(csp)
@@ -223,6 +225,7 @@ impl Gateway {
             .option_layer(security_txt)
             .option_layer(options.csp_report.clone().map(CspReportLayer::new))
             .option_layer(upload)
+            .option_layer(rich_text)
             .service(proxy.clone());
 
         let redirect = HttpsRedirectLayer::new(&HttpsRedirectOptions {
@@ -264,6 +267,27 @@ impl Gateway {
             layer = layer.with_route(&route.prefix, upload).map_err(|err| {
                 bad(
                     format!("routes[{index}].upload.{}", err.setting),
+                    err.message,
+                )
+            })?;
+        }
+        Ok(Some(layer))
+    }
+
+    /// The rich text sanitiser, when a route has `rich_text` fields.
+    fn rich_text_layer(&self) -> Result<Option<RichTextLayer>, Error> {
+        let routes = &self.options.routes;
+        if routes.iter().all(|route| route.rich_text.is_none()) {
+            return Ok(None);
+        }
+        let mut layer = RichTextLayer::new(self.body_read());
+        for (index, route) in routes.iter().enumerate() {
+            let Some(rich_text) = &route.rich_text else {
+                continue;
+            };
+            layer = layer.with_route(&route.prefix, rich_text).map_err(|err| {
+                bad(
+                    format!("routes[{index}].rich_text.{}", err.setting),
                     err.message,
                 )
             })?;

@@ -6,6 +6,7 @@ mod headers;
 mod limits;
 mod proxy;
 mod redirect;
+mod rich_text;
 mod smuggling;
 mod support;
 mod tls;
