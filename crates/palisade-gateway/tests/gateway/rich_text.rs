@@ -1,37 +1,11 @@
 //! Rich text: the configured form fields and JSON pointers reach the upstream sanitised, and
 //! every other byte of the body as the client sent it.
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::Full;
-use palisade_gateway::{GatewayOptions, RouteOptions};
-use palisade_guard::RichTextOptions;
-
-use crate::support::{TestGateway, Upstream, options};
-
-/// A gateway whose `/comments` route cleans the form field `comment` and the JSON pointer
-/// `/post/body`.
-pub fn rich_text_options(upstream: &Upstream) -> GatewayOptions {
-    let mut options = options(upstream);
-    options.routes.push(RouteOptions {
-        prefix: "/comments".into(),
-        rich_text: Some(RichTextOptions {
-            fields: vec!["comment".into()],
-            json: vec!["/post/body".into()],
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    options
-}
-
-pub fn post(path: &str, content_type: &str, body: &str) -> Request<Full<Bytes>> {
-    Request::post(path)
-        .header("host", "localhost")
-        .header("content-type", content_type)
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap()
-}
+use crate::{
+    forms::{post, rich_text_options},
+    support::{TestGateway, Upstream},
+};
+use http::StatusCode;
 
 #[tokio::test]
 async fn a_form_field_loses_its_scripts_and_the_other_fields_stay_as_sent() {
