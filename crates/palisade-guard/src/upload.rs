@@ -696,7 +696,10 @@ mod tests {
         StreamBody::new(futures_util::stream::iter(frames))
     }
 
-    fn form(parts: &[(&str, Option<&str>, Option<&str>, &[u8])]) -> Vec<u8> {
+    /// Name, file name, declared type, data.
+    type TestPart<'a> = (&'a str, Option<&'a str>, Option<&'a str>, &'a [u8]);
+
+    fn form(parts: &[TestPart<'_>]) -> Vec<u8> {
         let mut out = Vec::new();
         for (name, file_name, content_type, data) in parts {
             let part = Part {
