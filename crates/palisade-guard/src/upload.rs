@@ -499,30 +499,16 @@ where
             }
         }
         let file_name = match raw_file_name {
+            // A file input left empty: browsers send an empty name and no bytes.
+            Some(raw) if raw.is_empty() && data.is_empty() => Some(raw),
             Some(raw) => {
                 files += 1;
-                if files > rules.max_files {
-                    return Err(
-                        Rejection::new(RejectionKind::BodyTooLarge, "upload-max-files")
-                            .with_detail(format!(
-                                "At most {} files can be uploaded at once here.",
-                                rules.max_files
-                            )),
-                    );
-                }
-                let clean = clean_file_name(&raw);
-                if clean.suspicious {
-                    Rejection::new(RejectionKind::Sanitized, "upload-filename").record_as(
-                        &parts.uri,
-                        &parts.extensions,
-                        "sanitize",
-                    );
-                }
-                rules.check(&data, content_type.as_deref(), &clean.name)?;
-                if rules.scan {
-                    scan(parts, &data, shared).await?;
-                }
-                Some(clean.name)
+                let file = File {
+                    raw: &raw,
+                    data: &data,
+                    declared: content_type.as_deref(),
+                };
+                Some(check_file(parts, file, files, rules, shared).await?)
             }
             None => None,
         };
@@ -536,6 +522,42 @@ where
     }
     inspect::write_end(&mut out, boundary);
     Ok(out)
+}
+
+/// One file of a form, as it arrived.
+struct File<'a> {
+    raw: &'a str,
+    data: &'a [u8],
+    declared: Option<&'a str>,
+}
+
+/// Checks the `count`th file of a form; gives its clean name.
+async fn check_file(
+    parts: &Parts,
+    file: File<'_>,
+    count: usize,
+    rules: &Rules,
+    shared: &Shared,
+) -> Result<String, Rejection> {
+    if count > rules.max_files {
+        let detail = format!(
+            "At most {} files can be uploaded at once here.",
+            rules.max_files
+        );
+        return Err(
+            Rejection::new(RejectionKind::BodyTooLarge, "upload-max-files").with_detail(detail),
+        );
+    }
+    let clean = clean_file_name(file.raw);
+    if clean.suspicious {
+        let sanitized = Rejection::new(RejectionKind::Sanitized, "upload-filename");
+        sanitized.record_as(&parts.uri, &parts.extensions, "sanitize");
+    }
+    rules.check(file.data, file.declared, &clean.name)?;
+    if rules.scan {
+        scan(parts, file.data, shared).await?;
+    }
+    Ok(clean.name)
 }
 
 /// Scans one file; a finding is refused with the signature as the rule, a scanner that cannot
@@ -741,6 +763,12 @@ mod tests {
             ("title", None, None, b"My cat"),
             ("photo", Some("cat.png"), Some("image/png"), &image),
         ]);
+        // A file input left empty passes as it came.
+        let empty = form(&[
+            ("title", None, None, b"x"),
+            ("photo", Some(""), Some("application/octet-stream"), b""),
+        ]);
+        assert_eq!(run(empty.clone(), 9, &rules).await.unwrap(), empty);
         for chunk in [1, 7, 64, 100_000] {
             assert_eq!(
                 run(body.clone(), chunk, &rules).await.unwrap(),
