@@ -287,6 +287,9 @@ impl Config {
                 fix(&mut files.cert);
                 fix(&mut files.key);
             }
+            if let Some(socket) = gateway.clamav.as_mut().and_then(|c| c.socket.as_mut()) {
+                fix(socket);
+            }
         }
         if let Some(pitr) = self.pitr.as_mut() {
             pitr.bin_dir.as_mut().map(fix);
