@@ -647,6 +647,69 @@ mod tests {
         assert_eq!(err.rule, "rich-text-json-invalid");
     }
 
+    /// What cleaning at `pointer` should give, computed on the parsed document instead of
+    /// its bytes.
+    fn expected(doc: &[u8], pointer: &str, rules: &Rules) -> serde_json::Value {
+        fn clean_all(value: &mut serde_json::Value, rules: &Rules) {
+            match value {
+                serde_json::Value::String(text) => {
+                    if let Some((clean, _)) = rules.clean(text) {
+                        *text = clean;
+                    }
+                }
+                serde_json::Value::Array(items) => {
+                    items.iter_mut().for_each(|v| clean_all(v, rules))
+                }
+                serde_json::Value::Object(map) => {
+                    map.values_mut().for_each(|v| clean_all(v, rules))
+                }
+                _ => {}
+            }
+        }
+        let mut value: serde_json::Value = serde_json::from_slice(doc).unwrap();
+        if let Some(target) = value.pointer_mut(pointer) {
+            clean_all(target, rules);
+        }
+        value
+    }
+
+    #[test]
+    fn the_byte_walk_agrees_with_a_parsed_document() {
+        let docs: [&[u8]; 5] = [
+            br#"{"a": {"b\"c": "<script>1</script>x", "d": ["<i onclick=1>i</i>", 2, true, null, {}, []]}}"#,
+            br#" [ "<b>0</b>" , { "k" : -1.5E+3 , "a/b" : { "~" : "\u003cimg src=x onerror=1\u003e\\\"" } } ] "#,
+            br#"{"a":{"b\"c":{"x":"<script>\"}</script>y"}},"z":"<script>z</script>"}"#,
+            br#"{"": {"": "<script>e</script>"}, "a": [[["<script>deep</script>d"]]]}"#,
+            "{\"a\":{\"d\":[\"caf\u{e9} <em>ok</em><script>x</script>\"]}}".as_bytes(),
+        ];
+        let pointers = [
+            "/a/b\"c",
+            "/a/d",
+            "/a/d/0",
+            "/1/a~1b/~0",
+            "/0",
+            "/a",
+            "",
+            "/",
+            "//",
+            "/a/0/0/0",
+            "/z",
+            "/nope/x",
+        ];
+        for doc in docs {
+            for pointer in pointers {
+                // The empty pointer is the whole document (the config only takes ones with /).
+                let mut rules = rules(&[], &["/"]);
+                rules.pointers = vec![(pointer.to_string(), pointer_tokens(pointer))];
+                let cleaned = clean_json(doc, &rules).unwrap();
+                let out = cleaned.body.unwrap_or_else(|| doc.to_vec());
+                let got: serde_json::Value = serde_json::from_slice(&out).unwrap();
+                let shown = String::from_utf8_lossy(doc);
+                assert_eq!(got, expected(doc, pointer, &rules), "{pointer} in {shown}");
+            }
+        }
+    }
+
     fn rules_for_index() -> Rules {
         rules(&[], &["/1/c"])
     }
