@@ -486,7 +486,8 @@ where
                     .with_detail("A file's name could not be read; send it as filename=\"...\"."),
             );
         }
-        let content_type = field.content_type().map(|m| m.essence_str().to_string());
+        // The whole type, parameters too (a text part's charset); the checks use its essence.
+        let content_type = field.content_type().map(|m| m.to_string());
         let mut data = Vec::new();
         loop {
             let chunk = tokio::time::timeout(timeout, field.chunk()).await;
