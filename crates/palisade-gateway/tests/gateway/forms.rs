@@ -17,7 +17,7 @@ pub const PNG: &[u8] =
     b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89\
 \0\0\0\rIDATx\x9cc\xf8\xff\xff?\0\x05\xfe\x02\xfe\xa7\x35\x81\x84\0\0\0\0IEND\xaeB`\x82";
 
-const BOUNDARY: &str = "----palisade-test-7MA4YWxk";
+pub const BOUNDARY: &str = "----palisade-test-7MA4YWxk";
 
 /// One part of a form: name, file name, declared type, data.
 pub type FormPart<'a> = (&'a str, Option<&'a str>, Option<&'a str>, &'a [u8]);

@@ -182,3 +182,23 @@ async fn curl_uploads_like_a_browser() {
     assert!(body.contains("Content-Type: image/png"), "{body}");
     assert!(body.contains("name=\"caption\"\r\n\r\nhi\r\n"), "{body}");
 }
+
+#[tokio::test]
+async fn a_form_that_stalls_gets_408_and_never_reaches_the_upstream() {
+    let upstream = Upstream::start().await;
+    let mut options = upload_options(&upstream, None);
+    options.timeouts.body_read = std::time::Duration::from_millis(300);
+    let gateway = TestGateway::start(options).await;
+    let body = form(&[("photo", Some("cat.png"), Some("image/png"), PNG)]);
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; \
+         boundary={}\r\nContent-Length: {}\r\n\r\n",
+        crate::forms::BOUNDARY,
+        body.len()
+    );
+    let mut raw = head.into_bytes();
+    raw.extend_from_slice(&body[..body.len() / 2]);
+    let answer = gateway.raw(&raw).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(upstream.received().is_empty());
+}
