@@ -7,6 +7,7 @@ use std::{
     collections::BTreeSet,
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -488,17 +489,7 @@ where
         }
         // The whole type, parameters too (a text part's charset); the checks use its essence.
         let content_type = field.content_type().map(|m| m.to_string());
-        let mut data = Vec::new();
-        loop {
-            let chunk = tokio::time::timeout(timeout, field.chunk()).await;
-            match chunk
-                .map_err(|_| inspect::slow_body())?
-                .map_err(multipart_error)?
-            {
-                Some(chunk) => data.extend_from_slice(&chunk),
-                None => break,
-            }
-        }
+        let data = read_part(&mut field, timeout, rules.max_file_bytes).await?;
         let file_name = match raw_file_name {
             // A file input left empty: browsers send an empty name and no bytes.
             Some(raw) if raw.is_empty() && data.is_empty() => Some(raw),
@@ -523,6 +514,24 @@ where
     }
     inspect::write_end(&mut out, boundary);
     Ok(out)
+}
+
+/// A part's bytes, every wait for them limited by `timeout`.
+async fn read_part(
+    field: &mut multer::Field<'_>,
+    timeout: Duration,
+    max_file_bytes: u64,
+) -> Result<Vec<u8>, Rejection> {
+    let mut data = Vec::new();
+    loop {
+        let chunk = tokio::time::timeout(timeout, field.chunk())
+            .await
+            .map_err(|_| inspect::slow_body())?;
+        match chunk.map_err(|err| inspect::multipart_error(err, max_file_bytes))? {
+            Some(chunk) => data.extend_from_slice(&chunk),
+            None => return Ok(data),
+        }
+    }
 }
 
 /// One file of a form, as it arrived.
