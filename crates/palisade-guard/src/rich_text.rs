@@ -475,7 +475,7 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let rules = self.layer.routes.for_path(req.uri().path()).clone();
-        let kind = rules.as_ref().map(|_| body_kind(req.headers()));
+        let kind = rules.as_ref().and_then(|_| body_kind(req.headers()));
         let (Some(rules), Some(kind)) = (rules, kind) else {
             return Box::pin(self.inner.call(req.map(Body::new)));
         };
@@ -494,35 +494,30 @@ where
     }
 }
 
-/// What kind of body a request has, as far as rich text goes.
+/// A body that can carry rich text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum BodyKind {
     Form,
     Json,
     Multipart(String),
-    /// Another type, or a `Content-Type` that is repeated: passed on as it is (the strict
-    /// checks and the application decide).
-    Other,
 }
 
-fn body_kind(headers: &http::HeaderMap) -> BodyKind {
-    let Ok(media_type) = inspect::media_type(headers) else {
-        return BodyKind::Other;
-    };
+/// The kind of a request's body; `None` for other types, and for a `Content-Type` that is
+/// repeated, which the application may read either way: passed on as they are.
+fn body_kind(headers: &http::HeaderMap) -> Option<BodyKind> {
+    let media_type = inspect::media_type(headers).ok()?;
     match media_type.as_str() {
-        "application/x-www-form-urlencoded" => BodyKind::Form,
-        "application/json" => BodyKind::Json,
-        json if json.starts_with("application/") && json.ends_with("+json") => BodyKind::Json,
+        "application/x-www-form-urlencoded" => Some(BodyKind::Form),
+        "application/json" => Some(BodyKind::Json),
+        json if json.starts_with("application/") && json.ends_with("+json") => Some(BodyKind::Json),
         "multipart/form-data" => {
             let content_type = headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok());
-            match content_type.map(multer::parse_boundary) {
-                Some(Ok(boundary)) => BodyKind::Multipart(boundary),
-                _ => BodyKind::Other,
-            }
+            let boundary = multer::parse_boundary(content_type?).ok()?;
+            Some(BodyKind::Multipart(boundary))
         }
-        _ => BodyKind::Other,
+        _ => None,
     }
 }
 
@@ -539,9 +534,6 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    if kind == BodyKind::Other {
-        return Ok(Body::new(body));
-    }
     if parts.headers.contains_key(header::CONTENT_ENCODING) {
         return Err(
             Rejection::new(RejectionKind::InvalidInput, "rich-text-content-encoding").with_detail(
@@ -554,7 +546,6 @@ where
         BodyKind::Form => clean_form(&bytes, rules),
         BodyKind::Json => clean_json(&bytes, rules)?,
         BodyKind::Multipart(boundary) => clean_multipart(bytes.clone(), boundary, rules).await?,
-        BodyKind::Other => unreachable!("passed on above"),
     };
     for field in &cleaned.flagged {
         let rule = format!("rich-text {field}");
