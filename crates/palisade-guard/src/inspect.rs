@@ -56,6 +56,19 @@ where
     Ok(Bytes::from(collected))
 }
 
+/// Refuses a body whose declared `Content-Length` is over the limit before a byte of it is
+/// read.
+pub(crate) fn check_declared_length(headers: &HeaderMap, max_bytes: u64) -> Result<(), Rejection> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > max_bytes => Err(too_large()),
+        _ => Ok(()),
+    }
+}
+
 /// The rejection for a body that stalled.
 pub(crate) fn slow_body() -> Rejection {
     Rejection::new(RejectionKind::SlowBody, "body-read-timeout")

@@ -541,6 +541,7 @@ where
             ),
         );
     }
+    inspect::check_declared_length(&parts.headers, options.max_bytes)?;
     let bytes = inspect::read_body(body, options).await?;
     let cleaned = match &kind {
         BodyKind::Form => clean_form(&bytes, rules),

@@ -431,6 +431,9 @@ where
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    if let Err(rejection) = inspect::check_declared_length(&parts.headers, shared.body.max_bytes) {
+        return Err((parts, rejection));
+    }
     let Ok(boundary) = multer::parse_boundary(content_type) else {
         let rejection = Rejection::new(RejectionKind::UploadRefused, "multipart-not-form-data")
             .with_detail("Uploads are sent as multipart/form-data with a boundary.");
