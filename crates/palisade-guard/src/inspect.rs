@@ -236,6 +236,27 @@ mod tests {
         assert!(!names_a_file(&headers));
     }
 
+    #[tokio::test]
+    async fn a_body_is_read_within_its_limit_and_its_timeout() {
+        use http_body_util::{Full, StreamBody};
+        let options = BodyReadOptions {
+            max_bytes: 4,
+            read_timeout: Duration::from_millis(50),
+        };
+        let read = read_body(Full::new(Bytes::from_static(b"abcd")), options).await;
+        assert_eq!(read.unwrap().as_ref(), b"abcd");
+        let read = read_body(Full::new(Bytes::from_static(b"abcde")), options).await;
+        assert_eq!(read.unwrap_err().rule, "max-body-bytes");
+        type Frames = futures_util::stream::Pending<Result<http_body::Frame<Bytes>, BoxError>>;
+        let stalled: StreamBody<Frames> = StreamBody::new(futures_util::stream::pending());
+        let read = read_body(stalled, options).await;
+        assert_eq!(read.unwrap_err().kind, RejectionKind::SlowBody);
+        // A limit a layer below set shows through the error's sources.
+        let limited = http_body_util::Limited::new(Full::new(Bytes::from_static(b"abc")), 1);
+        let read = read_body(limited, BodyReadOptions::default()).await;
+        assert_eq!(read.unwrap_err().kind, RejectionKind::BodyTooLarge);
+    }
+
     #[test]
     fn a_repeated_content_type_is_refused() {
         let mut headers = HeaderMap::new();
