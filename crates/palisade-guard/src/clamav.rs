@@ -74,6 +74,15 @@ impl ClamavOptions {
         }
     }
 
+    /// Options for clamd's TCP `address` (`HOST:PORT`), with the defaults.
+    pub fn address(address: impl Into<String>) -> Self {
+        Self {
+            socket: None,
+            address: Some(address.into()),
+            ..Self::socket("")
+        }
+    }
+
     /// Checks that exactly one place to reach clamd is given and the timeout is not zero.
     pub fn validate(&self) -> Result<(), BadClamavSetting> {
         self.target().map(|_| ())

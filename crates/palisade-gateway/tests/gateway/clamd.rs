@@ -21,9 +21,11 @@ pub fn eicar() -> Vec<u8> {
     halves.concat().into_bytes()
 }
 
-/// A running clamd; stopped when dropped.
+/// A running clamd, on a Unix socket and on a loopback TCP port; stopped when dropped.
 pub struct ClamdServer {
     pub socket: PathBuf,
+    /// `127.0.0.1:PORT`.
+    pub address: String,
     child: Child,
     _dir: tempfile::TempDir,
 }
@@ -52,10 +54,16 @@ impl ClamdServer {
         // An extended signature (.ndb): any file type, at any offset.
         std::fs::write(db.join("palisade-test.ndb"), format!("{name}:0:*:{hex}\n")).unwrap();
         let socket = dir.path().join("clamd.sock");
+        // A port that was free a moment ago.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let log = dir.path().join("clamd.log");
         let config = format!(
             "DatabaseDirectory {}\nLocalSocket {}\nLogFile {}\nTemporaryDirectory {}\n\
-             Foreground yes\nStreamMaxLength 1M\n",
+             TCPSocket {port}\nTCPAddr 127.0.0.1\nForeground yes\nStreamMaxLength 1M\n",
             db.display(),
             socket.display(),
             log.display(),
@@ -78,6 +86,7 @@ impl ClamdServer {
             });
         let mut server = Self {
             socket,
+            address: format!("127.0.0.1:{port}"),
             child,
             _dir: dir,
         };
@@ -87,14 +96,17 @@ impl ClamdServer {
 
     fn wait_ready(&mut self, log: &std::path::Path) {
         let start = Instant::now();
-        while !self.socket.exists() {
+        let listening = |server: &Self| {
+            server.socket.exists() && std::net::TcpStream::connect(&server.address).is_ok()
+        };
+        while !listening(self) {
             if let Ok(Some(status)) = self.child.try_wait() {
                 let log = std::fs::read_to_string(log).unwrap_or_default();
                 panic!("clamd exited with {status}:\n{log}");
             }
             assert!(
                 start.elapsed() < Duration::from_secs(30),
-                "clamd did not open its socket within 30 s"
+                "clamd did not open its sockets within 30 s"
             );
             std::thread::sleep(Duration::from_millis(20));
         }

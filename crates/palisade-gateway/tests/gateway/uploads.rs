@@ -114,6 +114,21 @@ async fn a_file_with_malware_is_refused_by_a_real_clamd() {
 }
 
 #[tokio::test]
+async fn clamd_over_tcp_scans_the_same() {
+    let upstream = Upstream::start().await;
+    let clamd = ClamdServer::start();
+    let clamav = ClamavOptions::address(&clamd.address);
+    let gateway = TestGateway::start(upload_options(&upstream, Some(clamav))).await;
+    let infected = form(&[("photo", Some("cat.png"), Some("image/png"), &infected_png())]);
+    let (response, _) = gateway.send(post_form("/upload", infected)).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let clean = form(&[("photo", Some("cat.png"), Some("image/png"), PNG)]);
+    let (response, _) = gateway.send(post_form("/upload", clean)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(upstream.received().len(), 1);
+}
+
+#[tokio::test]
 async fn clamd_down_refuses_by_default_and_passes_only_when_told_to() {
     let upstream = Upstream::start().await;
     let mut clamd = ClamdServer::start();
