@@ -4,8 +4,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use http::Uri;
 use palisade_guard::{
-    ClamavOptions, ClientIpOptions, CspOptions, CspReportOptions, RichTextOptions,
-    SecurityHeadersOptions, SecurityTxtOptions, UploadOptions,
+    ClamavOptions, ClientIpOptions, CspOptions, CspReportOptions, CsrfOptions, CsrfRouteOptions,
+    RichTextOptions, SecurityHeadersOptions, SecurityTxtOptions, UploadOptions,
 };
 use serde::{Deserialize, Deserializer};
 
@@ -53,6 +53,9 @@ pub struct GatewayOptions {
     /// A collector for CSP violation reports, when given; the gateway's policies then name it
     /// in `report-uri`.
     pub csp_report: Option<CspReportOptions>,
+    /// CSRF tokens in pages and their checks on state-changing requests.
+    #[serde(default)]
+    pub csrf: CsrfOptions,
     /// Trusted proxies in front of the gateway.
     #[serde(default)]
     pub client_ip: ClientIpOptions,
@@ -82,6 +85,10 @@ pub struct RouteOptions {
     pub headers: SecurityHeadersOptions,
     /// The policy for these paths.
     pub csp: Option<CspOptions>,
+    /// The CSRF mode of these paths (`off` for signed webhooks) and whether they take JSON
+    /// only.
+    #[serde(default)]
+    pub csrf: CsrfRouteOptions,
     /// What `multipart/form-data` uploads to these paths may hold; without it, uploads are
     /// not checked.
     pub upload: Option<UploadOptions>,
@@ -284,48 +291,8 @@ fn optional_socket_addr<'de, D: Deserializer<'de>>(
     socket_addr(deserializer).map(Some)
 }
 
-/// A size in bytes: a number, or text like `10 MiB` or `512KB`.
-fn byte_count<'de, D, T>(deserializer: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: TryFrom<u64>,
-{
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        Bytes(u64),
-        Text(String),
-    }
-    let bytes = match Size::deserialize(deserializer)? {
-        Size::Bytes(bytes) => bytes,
-        Size::Text(text) => text
-            .parse::<bytesize::ByteSize>()
-            .map_err(|_| {
-                serde::de::Error::custom(format!(
-                    "`{text}` is not a size; write a number of bytes, or like 10 MiB or 512 KB"
-                ))
-            })?
-            .as_u64(),
-    };
-    T::try_from(bytes).map_err(|_| {
-        serde::de::Error::custom(format!("{bytes} bytes is more than this machine can count"))
-    })
-}
-
-fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    parse_duration(&text).ok_or_else(|| {
-        serde::de::Error::custom(format!(
-            "`{text}` is not a duration; write it like 10s, 500ms or 2m"
-        ))
-    })
-}
-
-/// `10s`, `500ms`, `2m`, `1h`, or a combination such as `1m 30s`.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let duration: jiff::SignedDuration = text.trim().parse().ok()?;
-    Duration::try_from(duration).ok()
-}
+pub use palisade_guard::settings::parse_duration;
+use palisade_guard::settings::{byte_count, duration};
 
 impl GatewayOptions {
     /// Options for one upstream with every default.
@@ -344,6 +311,7 @@ impl GatewayOptions {
             routes: Vec::new(),
             security_txt: None,
             csp_report: None,
+            csrf: CsrfOptions::default(),
             client_ip: ClientIpOptions::default(),
             limits: Limits::default(),
             timeouts: Timeouts::default(),
@@ -421,6 +389,9 @@ impl GatewayOptions {
                 format!("`{}` must start with /", report.path),
             ));
         }
+        self.csrf
+            .validate()
+            .map_err(|err| bad(&format!("csrf.{}", err.setting), err.message))?;
         if let Some(txt) = &self.security_txt {
             txt.validate()
                 .map_err(|err| bad(&format!("security_txt.{}", err.setting), err.message))?;

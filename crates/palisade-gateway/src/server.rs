@@ -4,6 +4,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{Request, Response};
+use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -11,9 +12,9 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use palisade_guard::{
-    Body, BodyReadOptions, BoxError, ClientIpLayer, CspLayer, CspReportLayer, HttpsRedirectLayer,
-    HttpsRedirectOptions, Peer, RejectionKind, RichTextLayer, SecurityHeadersLayer,
-    SecurityTxtLayer, UploadLayer,
+    Body, BoxError, ClientIpLayer, CspLayer, CspReportLayer, CsrfKey, CsrfLayer,
+    HttpsRedirectLayer, HttpsRedirectOptions, Peer, RejectionKind, RichTextLayer,
+    SecurityHeadersLayer, SecurityTxtLayer, UploadLayer,
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -25,6 +26,8 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::{
     Error, GatewayOptions,
+    body_timeout::BodyTimeout,
+    csrf_key,
     framing::{RefuseFlaggedLayer, Verdicts, Watched, Watcher},
     idle::IdleTimeout,
     options::upstream_uri,
@@ -45,6 +48,7 @@ pub struct Gateway {
     certs: Arc<CertStore>,
     pool: Arc<Pool>,
     connector: Connector,
+    csrf_key: CsrfKey,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -108,6 +112,7 @@ impl Gateway {
             pool: Arc::new(Pool::new(uris)),
             connector,
             certs,
+            csrf_key: csrf_key::load(&options.csrf)?,
             https,
             http,
             options,
@@ -154,6 +159,8 @@ impl Gateway {
             idle: options.timeouts.idle,
             max_head: options.limits.max_header_bytes,
             max_headers: options.limits.max_headers,
+            body_limit: usize::try_from(options.limits.max_body_bytes).unwrap_or(usize::MAX),
+            body_read: options.timeouts.body_read,
         };
 
         let https = listeners.accept(self.https, Some(self.acceptor.clone()), https_service);
@@ -209,6 +216,11 @@ impl Gateway {
                 )
                 .map_err(|err| bad(format!("routes.csp.{}", err.setting), err.message))?;
         }
+        let mut csrf = CsrfLayer::new(&options.csrf, self.csrf_key.clone())
+            .map_err(|err| bad(format!("csrf.{}", err.setting), err.message))?;
+        for route in &options.routes {
+            csrf = csrf.with_route(&route.prefix, &route.csrf);
+        }
         let security_txt = options
             .security_txt
             .as_ref()
@@ -224,6 +236,7 @@ impl Gateway {
             .layer(RefuseFlaggedLayer)
             .option_layer(security_txt)
             .option_layer(options.csp_report.clone().map(CspReportLayer::new))
+            .layer(csrf)
             .option_layer(upload)
             .option_layer(rich_text)
             .service(proxy.clone());
@@ -244,21 +257,13 @@ impl Gateway {
 }
 
 impl Gateway {
-    /// How the layers that read whole bodies read them: the proxy's limit and read timeout.
-    fn body_read(&self) -> BodyReadOptions {
-        BodyReadOptions {
-            max_bytes: self.options.limits.max_body_bytes,
-            read_timeout: self.options.timeouts.body_read,
-        }
-    }
-
     /// The upload checks, when a route has `upload` rules.
     fn upload_layer(&self) -> Result<Option<UploadLayer>, Error> {
         let options = &self.options;
         if options.routes.iter().all(|route| route.upload.is_none()) {
             return Ok(None);
         }
-        let mut layer = UploadLayer::new(options.clamav.as_ref(), self.body_read())
+        let mut layer = UploadLayer::new(options.clamav.as_ref())
             .map_err(|err| bad(format!("clamav.{}", err.setting), err.message))?;
         for (index, route) in options.routes.iter().enumerate() {
             let Some(upload) = &route.upload else {
@@ -280,7 +285,7 @@ impl Gateway {
         if routes.iter().all(|route| route.rich_text.is_none()) {
             return Ok(None);
         }
-        let mut layer = RichTextLayer::new(self.body_read());
+        let mut layer = RichTextLayer::new();
         for (index, route) in routes.iter().enumerate() {
             let Some(rich_text) = &route.rich_text else {
                 continue;
@@ -315,12 +320,8 @@ fn hyper_refusal(
 
 /// What a listener serves: a cloneable service from requests to streaming responses.
 trait GatewayService:
-    Service<
-        Request<Incoming>,
-        Response = Response<Body>,
-        Error: Into<BoxError>,
-        Future: Send + 'static,
-    > + Clone
+    Service<Request<Body>, Response = Response<Body>, Error: Into<BoxError>, Future: Send + 'static>
+    + Clone
     + Send
     + 'static
 {
@@ -328,7 +329,7 @@ trait GatewayService:
 
 impl<S> GatewayService for S where
     S: Service<
-            Request<Incoming>,
+            Request<Body>,
             Response = Response<Body>,
             Error: Into<BoxError>,
             Future: Send + 'static,
@@ -375,6 +376,8 @@ struct Listeners {
     idle: Duration,
     max_head: usize,
     max_headers: usize,
+    body_limit: usize,
+    body_read: Duration,
 }
 
 impl Listeners {
@@ -412,6 +415,8 @@ impl Listeners {
                 max_head: self.max_head,
                 max_headers: self.max_headers,
                 header_read: self.header_read,
+                body_limit: self.body_limit,
+                body_read: self.body_read,
             };
             let (tls, service, header_read) = (tls.clone(), service.clone(), self.header_read);
             tokio::spawn(async move {
@@ -429,6 +434,8 @@ struct Connection {
     idle: Duration,
     max_head: usize,
     max_headers: usize,
+    body_limit: usize,
+    body_read: Duration,
 }
 
 impl Connection {
@@ -463,7 +470,13 @@ impl Connection {
         let peer = self.peer;
         let verdicts = Verdicts::default();
         let watcher = Watcher::new(verdicts.clone(), self.max_head, self.max_headers);
-        let service = service.map_request(move |mut req: Request<Incoming>| {
+        let body_limit = self.body_limit;
+        let body_read = self.body_read;
+        let service = service.map_request(move |req: Request<Incoming>| {
+            // Every layer reads the body through the size limit and the read timeout.
+            let (parts, body) = req.into_parts();
+            let body = BodyTimeout::new(Limited::new(body, body_limit), body_read);
+            let mut req = Request::from_parts(parts, Body::new(body));
             req.extensions_mut().insert(peer);
             // HTTP/1 requests arrive in the order of their heads; HTTP/2 has no verdicts.
             if req.version() <= http::Version::HTTP_11 {

@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Where clamd listens, how long a scan may take, and what happens when it cannot answer.
@@ -17,7 +17,10 @@ pub struct ClamavOptions {
     #[serde(default)]
     pub address: Option<String>,
     /// The longest one file's scan may take, connecting included.
-    #[serde(default = "default_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "crate::settings::duration"
+    )]
     pub timeout: Duration,
     /// What an upload gets when clamd is down, too slow, or refuses to scan.
     #[serde(default)]
@@ -37,20 +40,6 @@ pub enum WhenUnavailable {
 
 fn default_timeout() -> Duration {
     Duration::from_secs(30)
-}
-
-fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    let parsed: Option<Duration> = text
-        .trim()
-        .parse::<jiff::SignedDuration>()
-        .ok()
-        .and_then(|d| Duration::try_from(d).ok());
-    parsed.ok_or_else(|| {
-        serde::de::Error::custom(format!(
-            "`{text}` is not a duration; write it like 30s, 500ms or 2m"
-        ))
-    })
 }
 
 /// A setting of [`ClamavOptions`] that cannot be used.

@@ -1,96 +1,12 @@
-//! What the layers that look into request bodies share: reading a body with a size limit and a
-//! read timeout, the media type of a request, and writing multipart parts back out.
+//! What the layers that look into forms share: the media type of a request, a body's new
+//! length, and multipart parts read and written back out.
 
-use std::time::Duration;
-
-use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, header};
-use http_body_util::BodyExt;
 
 use crate::{
-    BoxError,
+    body::rejection_for,
     reject::{Rejection, RejectionKind},
 };
-
-/// How a body is read: at most `max_bytes`, and never waiting longer than `read_timeout` for
-/// its next bytes.
-#[derive(Debug, Clone, Copy)]
-pub struct BodyReadOptions {
-    /// The most bytes read; a larger body is refused with 413 (`max-body-bytes`).
-    pub max_bytes: u64,
-    /// The longest wait for the body's next bytes; refused with 408 (`body-read-timeout`).
-    pub read_timeout: Duration,
-}
-
-impl Default for BodyReadOptions {
-    fn default() -> Self {
-        Self {
-            max_bytes: 10 * 1024 * 1024,
-            read_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// The whole body, or the rejection that reading it ended in.
-pub(crate) async fn read_body<B>(body: B, options: BodyReadOptions) -> Result<Bytes, Rejection>
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    let mut body = std::pin::pin!(body);
-    let mut collected = Vec::new();
-    loop {
-        let frame = tokio::time::timeout(options.read_timeout, body.frame())
-            .await
-            .map_err(|_| slow_body())?;
-        let Some(frame) = frame else { break };
-        let frame = frame.map_err(|err| body_error(&err.into()))?;
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers
-        };
-        if (collected.len() + data.len()) as u64 > options.max_bytes {
-            return Err(too_large());
-        }
-        collected.extend_from_slice(&data);
-    }
-    Ok(Bytes::from(collected))
-}
-
-/// Refuses a body whose declared `Content-Length` is over the limit before a byte of it is
-/// read.
-pub(crate) fn check_declared_length(headers: &HeaderMap, max_bytes: u64) -> Result<(), Rejection> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    match declared {
-        Some(length) if length > max_bytes => Err(too_large()),
-        _ => Ok(()),
-    }
-}
-
-/// The rejection for a body that stalled.
-pub(crate) fn slow_body() -> Rejection {
-    Rejection::new(RejectionKind::SlowBody, "body-read-timeout")
-}
-
-/// The rejection for a body over the limit.
-pub(crate) fn too_large() -> Rejection {
-    Rejection::new(RejectionKind::BodyTooLarge, "max-body-bytes")
-}
-
-/// The rejection for a body that failed while it was read: over a limit a layer below set, or
-/// broken (a malformed chunk, an early end).
-pub(crate) fn body_error(err: &BoxError) -> Rejection {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err.as_ref());
-    while let Some(err) = source {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return too_large();
-        }
-        source = err.source();
-    }
-    Rejection::new(RejectionKind::Malformed, "request-body-malformed")
-}
 
 /// The request's media type in lower case without parameters (`multipart/form-data`), the
 /// empty string without one; `Err` when `Content-Type` is repeated, since the application
@@ -188,8 +104,10 @@ pub(crate) fn multipart_error(err: multer::Error, max_file_bytes: u64) -> Reject
                 ),
             )
         }
-        multer::Error::StreamSizeExceeded { .. } => too_large(),
-        multer::Error::StreamReadFailed(err) => body_error(&err),
+        multer::Error::StreamSizeExceeded { .. } => {
+            Rejection::new(RejectionKind::BodyTooLarge, "max-body-bytes")
+        }
+        multer::Error::StreamReadFailed(err) => rejection_for(err.as_ref()),
         _ => Rejection::new(RejectionKind::Malformed, "multipart-malformed"),
     }
 }
@@ -234,27 +152,6 @@ mod tests {
             HeaderValue::from_static("form-data; name=\"comment\""),
         );
         assert!(!names_a_file(&headers));
-    }
-
-    #[tokio::test]
-    async fn a_body_is_read_within_its_limit_and_its_timeout() {
-        use http_body_util::{Full, StreamBody};
-        let options = BodyReadOptions {
-            max_bytes: 4,
-            read_timeout: Duration::from_millis(50),
-        };
-        let read = read_body(Full::new(Bytes::from_static(b"abcd")), options).await;
-        assert_eq!(read.unwrap().as_ref(), b"abcd");
-        let read = read_body(Full::new(Bytes::from_static(b"abcde")), options).await;
-        assert_eq!(read.unwrap_err().rule, "max-body-bytes");
-        type Frames = futures_util::stream::Pending<Result<http_body::Frame<Bytes>, BoxError>>;
-        let stalled: StreamBody<Frames> = StreamBody::new(futures_util::stream::pending());
-        let read = read_body(stalled, options).await;
-        assert_eq!(read.unwrap_err().kind, RejectionKind::SlowBody);
-        // A limit a layer below set shows through the error's sources.
-        let limited = http_body_util::Limited::new(Full::new(Bytes::from_static(b"abc")), 1);
-        let read = read_body(limited, BodyReadOptions::default()).await;
-        assert_eq!(read.unwrap_err().kind, RejectionKind::BodyTooLarge);
     }
 
     #[test]

@@ -16,7 +16,8 @@ use tower::{Layer, Service};
 
 use crate::{
     Body, BoxError, BoxFuture,
-    inspect::{self, BodyReadOptions, Part},
+    body::read_whole,
+    inspect::{self, Part},
     reject::{Rejection, RejectionKind},
     route::Routes,
     sanitize::{SanitizeOptions, Sanitizer},
@@ -412,15 +413,20 @@ async fn clean_multipart(body: Bytes, boundary: &str, rules: &Rules) -> Result<C
 #[derive(Debug, Clone)]
 pub struct RichTextLayer {
     routes: Arc<Routes<Option<Arc<Rules>>>>,
-    body: BodyReadOptions,
+}
+
+impl Default for RichTextLayer {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl RichTextLayer {
-    /// A layer without routes, reading bodies as `body` says.
-    pub fn new(body: BodyReadOptions) -> Self {
+    /// A layer without routes. Bodies are read whole: the server's size limit and read
+    /// timeout, which the gateway puts on every request body, bound them.
+    pub fn new() -> Self {
         Self {
             routes: Arc::new(Routes::new(None)),
-            body,
         }
     }
 
@@ -434,7 +440,6 @@ impl RichTextLayer {
         let routes = Arc::unwrap_or_clone(self.routes).with(prefix, Some(rules));
         Ok(Self {
             routes: Arc::new(routes),
-            body: self.body,
         })
     }
 }
@@ -481,10 +486,9 @@ where
         };
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let body_options = self.layer.body;
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
-            match clean(&mut parts, body, kind, &rules, body_options).await {
+            match clean(&mut parts, body, kind, &rules).await {
                 Ok(body) => inner.call(Request::from_parts(parts, body)).await,
                 Err(rejection) => {
                     Ok(rejection.respond(&parts.uri, &parts.headers, &parts.extensions))
@@ -528,7 +532,6 @@ async fn clean<B>(
     body: B,
     kind: BodyKind,
     rules: &Rules,
-    options: BodyReadOptions,
 ) -> Result<Body, Rejection>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -541,8 +544,7 @@ where
             ),
         );
     }
-    inspect::check_declared_length(&parts.headers, options.max_bytes)?;
-    let bytes = inspect::read_body(body, options).await?;
+    let bytes = read_whole(body, usize::MAX).await?;
     let cleaned = match &kind {
         BodyKind::Form => clean_form(&bytes, rules),
         BodyKind::Json => clean_json(&bytes, rules)?,

@@ -7,19 +7,18 @@ use std::{
     collections::BTreeSet,
     sync::Arc,
     task::{Context, Poll},
-    time::Duration,
 };
 
 use bytes::Bytes;
 use http::{Request, Response, request::Parts};
 use http_body_util::BodyDataStream;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use tower::{Layer, Service};
 
 use crate::{
     Body, BoxError, BoxFuture,
     clamav::{BadClamavSetting, ClamavOptions, Clamd, Verdict, WhenUnavailable},
-    inspect::{self, BodyReadOptions, Part},
+    inspect::{self, Part},
     reject::{Rejection, RejectionKind},
     route::Routes,
 };
@@ -33,7 +32,7 @@ pub struct UploadOptions {
     /// formats recognisable by their first bytes.
     pub allow: Vec<String>,
     /// The largest file (and the largest other part of the form), in bytes or like `"5 MiB"`.
-    #[serde(deserialize_with = "byte_count")]
+    #[serde(deserialize_with = "crate::settings::byte_count")]
     pub max_file_bytes: u64,
     /// The most files in one request.
     pub max_files: usize,
@@ -49,26 +48,6 @@ impl Default for UploadOptions {
             max_files: 10,
             scan: true,
         }
-    }
-}
-
-fn byte_count<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        Bytes(u64),
-        Text(String),
-    }
-    match Size::deserialize(deserializer)? {
-        Size::Bytes(bytes) => Ok(bytes),
-        Size::Text(text) => text
-            .parse::<bytesize::ByteSize>()
-            .map(|size| size.as_u64())
-            .map_err(|_| {
-                serde::de::Error::custom(format!(
-                    "`{text}` is not a size; write a number of bytes, or like 10 MiB or 512 KB"
-                ))
-            }),
     }
 }
 
@@ -293,11 +272,10 @@ fn agrees(detected: &str, declared: &str) -> bool {
         })
 }
 
-/// What every route shares: the scanner and how bodies are read.
+/// What every route shares: the scanner.
 #[derive(Debug)]
 struct Shared {
     scanner: Option<(Clamd, WhenUnavailable)>,
-    body: BodyReadOptions,
 }
 
 /// Checks uploads on the routes given with [`UploadLayer::with_route`]; other requests pass
@@ -310,16 +288,15 @@ pub struct UploadLayer {
 
 impl UploadLayer {
     /// A layer scanning with the clamd `clamav` names, when given; no route has rules yet.
-    pub fn new(
-        clamav: Option<&ClamavOptions>,
-        body: BodyReadOptions,
-    ) -> Result<Self, BadClamavSetting> {
+    /// Bodies are read as they come: the server's size limit and read timeout, which the
+    /// gateway puts on every request body, bound them.
+    pub fn new(clamav: Option<&ClamavOptions>) -> Result<Self, BadClamavSetting> {
         let scanner = clamav
             .map(|options| Clamd::new(options).map(|clamd| (clamd, options.when_unavailable)))
             .transpose()?;
         Ok(Self {
             routes: Arc::new(Routes::new(None)),
-            shared: Arc::new(Shared { scanner, body }),
+            shared: Arc::new(Shared { scanner }),
         })
     }
 
@@ -431,9 +408,6 @@ where
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if let Err(rejection) = inspect::check_declared_length(&parts.headers, shared.body.max_bytes) {
-        return Err((parts, rejection));
-    }
     let Ok(boundary) = multer::parse_boundary(content_type) else {
         let rejection = Rejection::new(RejectionKind::UploadRefused, "multipart-not-form-data")
             .with_detail("Uploads are sent as multipart/form-data with a boundary.");
@@ -460,23 +434,13 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let limits = multer::SizeLimit::new()
-        .whole_stream(shared.body.max_bytes)
-        .per_field(rules.max_file_bytes);
+    let limits = multer::SizeLimit::new().per_field(rules.max_file_bytes);
     let constraints = multer::Constraints::new().size_limit(limits);
     let stream = BodyDataStream::new(body);
     let mut form = multer::Multipart::with_constraints(stream, boundary, constraints);
-    let timeout = shared.body.read_timeout;
     let multipart_error = |err| inspect::multipart_error(err, rules.max_file_bytes);
     let (mut out, mut files) = (Vec::new(), 0);
-    loop {
-        let next = tokio::time::timeout(timeout, form.next_field()).await;
-        let Some(mut field) = next
-            .map_err(|_| inspect::slow_body())?
-            .map_err(multipart_error)?
-        else {
-            break;
-        };
+    while let Some(mut field) = form.next_field().await.map_err(multipart_error)? {
         let Some(name) = field.name().map(str::to_owned) else {
             return Err(Rejection::new(
                 RejectionKind::Malformed,
@@ -492,7 +456,7 @@ where
         }
         // The whole type, parameters too (a text part's charset); the checks use its essence.
         let content_type = field.content_type().map(|m| m.to_string());
-        let data = read_part(&mut field, timeout, rules.max_file_bytes).await?;
+        let data = read_part(&mut field, rules.max_file_bytes).await?;
         let file_name = match raw_file_name {
             // A file input left empty: browsers send an empty name and no bytes.
             Some(raw) if raw.is_empty() && data.is_empty() => Some(raw),
@@ -519,17 +483,14 @@ where
     Ok(out)
 }
 
-/// A part's bytes, every wait for them limited by `timeout`.
+/// A part's bytes, as they arrive.
 async fn read_part(
     field: &mut multer::Field<'_>,
-    timeout: Duration,
     max_file_bytes: u64,
 ) -> Result<Vec<u8>, Rejection> {
     let mut data = Vec::new();
     loop {
-        let chunk = tokio::time::timeout(timeout, field.chunk())
-            .await
-            .map_err(|_| inspect::slow_body())?;
+        let chunk = field.chunk().await;
         match chunk.map_err(|err| inspect::multipart_error(err, max_file_bytes))? {
             Some(chunk) => data.extend_from_slice(&chunk),
             None => return Ok(data),
@@ -750,10 +711,7 @@ mod tests {
     }
 
     async fn run(body: Vec<u8>, chunk: usize, rules: &Rules) -> Result<Vec<u8>, Rejection> {
-        let shared = Shared {
-            scanner: None,
-            body: BodyReadOptions::default(),
-        };
+        let shared = Shared { scanner: None };
         let (parts, ()) = Request::post("/upload").body(()).unwrap().into_parts();
         rewrite(&parts, chunked(body, chunk), "b0undary", rules, &shared).await
     }

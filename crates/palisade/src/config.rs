@@ -286,7 +286,9 @@ impl Config {
             for files in &mut gateway.tls.certificates {
                 fix(&mut files.cert);
                 fix(&mut files.key);
+                files.ocsp.as_mut().map(fix);
             }
+            gateway.csrf.key_file.as_mut().map(fix);
             if let Some(socket) = gateway.clamav.as_mut().and_then(|c| c.socket.as_mut()) {
                 fix(socket);
             }

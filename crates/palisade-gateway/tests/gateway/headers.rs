@@ -150,6 +150,7 @@ async fn a_route_gets_its_own_header_settings() {
         prefix: "/embed".into(),
         headers: Default::default(),
         csp: None,
+        csrf: Default::default(),
         ..Default::default()
     };
     embed.headers.frame_options = palisade_guard::headers::FrameOptions::SameOrigin;
@@ -263,9 +264,14 @@ async fn pages_get_a_fresh_nonce_on_their_inline_code_and_are_not_cached() {
     );
     assert!(policy.contains("object-src 'none'"), "{policy}");
     let body = String::from_utf8(body.to_vec()).unwrap();
+    // The page's own script and style, and the CSRF layer's script.
     assert_eq!(
         body.matches(&format!(" nonce=\"{nonce}\"")).count(),
-        2,
+        3,
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("<script nonce=\"{nonce}\">(() =>")),
         "{body}"
     );
     assert!(
@@ -308,6 +314,7 @@ async fn a_route_can_try_its_policy_report_only() {
             mode: palisade_guard::CspMode::ReportOnly,
             ..Default::default()
         }),
+        csrf: Default::default(),
         ..Default::default()
     }];
     let gateway = TestGateway::start(options).await;
