@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use http::Uri;
 use palisade_guard::{
     ClamavOptions, ClientIpOptions, CspOptions, CspReportOptions, CsrfOptions, CsrfRouteOptions,
-    RichTextOptions, SecurityHeadersOptions, SecurityTxtOptions, UploadOptions,
+    RichTextOptions, SecurityHeadersOptions, SecurityTxtOptions, UploadOptions, ValidationOptions,
 };
 use serde::{Deserialize, Deserializer};
 
@@ -75,7 +75,7 @@ pub struct GatewayOptions {
 /// The header settings of the paths under `prefix`; every header setting not given takes its
 /// safe default (not the value in `[gateway.headers]`). Without `csp`, the paths get
 /// `[gateway.csp]`; with it, that section's settings, each one not given at its default.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteOptions {
     /// `/embed` covers `/embed` and `/embed/...`; the longest matching prefix wins.
@@ -94,6 +94,35 @@ pub struct RouteOptions {
     pub upload: Option<UploadOptions>,
     /// Form fields and JSON pointers whose HTML is sanitised on the way in; without it, none.
     pub rich_text: Option<RichTextOptions>,
+    /// Input validation for these paths; none by default.
+    pub validate: Option<ValidationOptions>,
+}
+
+impl RouteOptions {
+    /// A route for the paths under `prefix` with every setting at its default.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+            headers: SecurityHeadersOptions::default(),
+            csp: None,
+            csrf: CsrfRouteOptions::default(),
+            validate: None,
+            upload: None,
+            rich_text: None,
+        }
+    }
+}
+
+/// The JSON Schema in a route's `json_schema_file`, if it names one.
+pub fn schema_file(options: &ValidationOptions) -> Result<Option<serde_json::Value>, String> {
+    let Some(path) = &options.json_schema_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|err| format!("{} is not JSON: {err}", path.display()))
 }
 
 fn default_listen() -> SocketAddr {
@@ -364,6 +393,16 @@ impl GatewayOptions {
             if let Some(csp) = &route.csp {
                 csp.validate().map_err(|err| {
                     bad(&format!("routes[{index}].csp.{}", err.setting), err.message)
+                })?;
+            }
+            if let Some(rules) = &route.validate {
+                let setting = format!("routes[{index}].validate.json_schema_file");
+                let schema = schema_file(rules).map_err(|message| bad(&setting, message))?;
+                rules.validate(schema.as_ref()).map_err(|err| {
+                    bad(
+                        &format!("routes[{index}].validate.{}", err.setting),
+                        err.message,
+                    )
                 })?;
             }
             self.validate_upload(index, route)?;

@@ -14,7 +14,7 @@ use hyper_util::{
 use palisade_guard::{
     Body, BoxError, ClientIpLayer, CspLayer, CspReportLayer, CsrfKey, CsrfLayer,
     HttpsRedirectLayer, HttpsRedirectOptions, Peer, RejectionKind, RichTextLayer,
-    SecurityHeadersLayer, SecurityTxtLayer, UploadLayer,
+    SecurityHeadersLayer, SecurityTxtLayer, UploadLayer, ValidateLayer,
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -30,7 +30,7 @@ use crate::{
     csrf_key,
     framing::{RefuseFlaggedLayer, Verdicts, Watched, Watcher},
     idle::IdleTimeout,
-    options::upstream_uri,
+    options::{self, upstream_uri},
     proxy::{Proxy, ProxyOptions},
     tls::{self, CertSource, CertStore, SelfSigned},
     upstream::{self, Connector, Pool},
@@ -221,6 +221,18 @@ impl Gateway {
         for route in &options.routes {
             csrf = csrf.with_route(&route.prefix, &route.csrf);
         }
+        let mut validate = ValidateLayer::new(std::slice::from_ref(&options.csrf.field));
+        for (index, route) in options.routes.iter().enumerate() {
+            let Some(rules) = &route.validate else {
+                continue;
+            };
+            let setting = |field: &str| format!("routes[{index}].validate.{field}");
+            let schema = options::schema_file(rules)
+                .map_err(|message| bad(setting("json_schema_file"), message))?;
+            validate = validate
+                .with_route(&route.prefix, rules, schema.as_ref())
+                .map_err(|err| bad(setting(&err.setting), err.message))?;
+        }
         let security_txt = options
             .security_txt
             .as_ref()
@@ -237,6 +249,7 @@ impl Gateway {
             .option_layer(security_txt)
             .option_layer(options.csp_report.clone().map(CspReportLayer::new))
             .layer(csrf)
+            .layer(validate)
             .option_layer(upload)
             .option_layer(rich_text)
             .service(proxy.clone());

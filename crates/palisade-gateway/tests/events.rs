@@ -77,18 +77,19 @@ async fn every_refusal_emits_one_security_event() {
     options.timeouts.header_read = Duration::from_millis(300);
     options.csp_report = Some(Default::default());
     options.routes = vec![palisade_gateway::RouteOptions {
-        prefix: "/beta".into(),
-        headers: Default::default(),
-        csp: None,
         csrf: palisade_guard::CsrfRouteOptions {
             mode: Some(palisade_guard::CsrfMode::LogOnly),
             json: false,
         },
-        ..Default::default()
+        ..palisade_gateway::RouteOptions::new("/beta")
     }];
+    options.routes.push(palisade_gateway::RouteOptions {
+        validate: Some(toml::from_str("params.id = { type = \"integer\" }").unwrap()),
+        ..palisade_gateway::RouteOptions::new("/orders")
+    });
     let gateway = TestGateway::start(options).await;
 
-    let cases: [(&[u8], &str, &str, &str, &str); 7] = [
+    let cases: [(&[u8], &str, &str, &str, &str); 8] = [
         (
             b"POST /upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\
               Connection: close\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
@@ -142,6 +143,13 @@ async fn every_refusal_emits_one_security_event() {
             "csrf-origin-mismatch",
             "/beta/account",
             "log",
+        ),
+        (
+            b"GET /orders?id=1%20OR%201=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            "invalid_input",
+            "param-type",
+            "/orders",
+            "reject",
         ),
     ];
     for (raw, kind, rule, route, action) in cases {

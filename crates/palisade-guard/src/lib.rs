@@ -23,6 +23,7 @@ pub mod sanitize;
 pub mod security_txt;
 pub mod settings;
 pub mod upload;
+pub mod validate;
 
 pub use body::{Body, BoxError};
 pub use clamav::{ClamavOptions, Clamd, WhenUnavailable};
@@ -37,6 +38,7 @@ pub use rich_text::{RichTextLayer, RichTextOptions};
 pub use sanitize::{SanitizeOptions, Sanitizer};
 pub use security_txt::{SecurityTxtLayer, SecurityTxtOptions};
 pub use upload::{UploadLayer, UploadOptions};
+pub use validate::{ValidateLayer, ValidationOptions};
 
 /// A boxed future, as the services of this crate return.
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;

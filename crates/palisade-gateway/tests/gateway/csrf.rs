@@ -313,11 +313,8 @@ async fn routes_can_be_exempt_json_only_or_log_only() {
     let upstream = Upstream::start().await;
     let mut options = options(&upstream);
     let route = |prefix: &str, csrf| palisade_gateway::RouteOptions {
-        prefix: prefix.into(),
-        headers: Default::default(),
-        csp: None,
         csrf,
-        ..Default::default()
+        ..palisade_gateway::RouteOptions::new(prefix)
     };
     options.routes = vec![
         route(

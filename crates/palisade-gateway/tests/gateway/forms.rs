@@ -63,14 +63,13 @@ pub fn infected_png() -> Vec<u8> {
 pub fn upload_options(upstream: &Upstream, clamav: Option<ClamavOptions>) -> GatewayOptions {
     let mut options = options(upstream);
     options.routes.push(RouteOptions {
-        prefix: "/upload".into(),
         upload: Some(UploadOptions {
             allow: vec!["png".into(), "pdf".into()],
             max_file_bytes: 64 * 1024,
             max_files: 2,
             scan: clamav.is_some(),
         }),
-        ..Default::default()
+        ..RouteOptions::new("/upload")
     });
     options.clamav = clamav;
     options
@@ -81,13 +80,12 @@ pub fn upload_options(upstream: &Upstream, clamav: Option<ClamavOptions>) -> Gat
 pub fn rich_text_options(upstream: &Upstream) -> GatewayOptions {
     let mut options = options(upstream);
     options.routes.push(RouteOptions {
-        prefix: "/comments".into(),
         rich_text: Some(RichTextOptions {
             fields: vec!["comment".into()],
             json: vec!["/post/body".into()],
             ..Default::default()
         }),
-        ..Default::default()
+        ..RouteOptions::new("/comments")
     });
     options
 }

@@ -146,13 +146,7 @@ async fn http2_responses_are_hardened_and_bodies_forwarded() {
 async fn a_route_gets_its_own_header_settings() {
     let upstream = Upstream::start().await;
     let mut options = options(&upstream);
-    let mut embed = palisade_gateway::RouteOptions {
-        prefix: "/embed".into(),
-        headers: Default::default(),
-        csp: None,
-        csrf: Default::default(),
-        ..Default::default()
-    };
+    let mut embed = palisade_gateway::RouteOptions::new("/embed");
     embed.headers.frame_options = palisade_guard::headers::FrameOptions::SameOrigin;
     options.routes.push(embed);
     let gateway = TestGateway::start(options).await;
@@ -308,14 +302,11 @@ async fn a_route_can_try_its_policy_report_only() {
     let upstream = Upstream::start().await;
     let mut options = options(&upstream);
     options.routes = vec![palisade_gateway::RouteOptions {
-        prefix: "/page".into(),
-        headers: Default::default(),
         csp: Some(palisade_guard::CspOptions {
             mode: palisade_guard::CspMode::ReportOnly,
             ..Default::default()
         }),
-        csrf: Default::default(),
-        ..Default::default()
+        ..palisade_gateway::RouteOptions::new("/page")
     }];
     let gateway = TestGateway::start(options).await;
     let (response, body) = gateway.send(get("/page")).await;

@@ -13,3 +13,4 @@ mod smuggling;
 mod support;
 mod tls;
 mod uploads;
+mod validate;
