@@ -4,8 +4,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use http::Uri;
 use palisade_guard::{
-    ClientIpOptions, CspOptions, CspReportOptions, CsrfOptions, CsrfRouteOptions, RateLimitOptions,
-    SecurityHeadersOptions, SecurityTxtOptions, ValidationOptions,
+    ClamavOptions, ClientIpOptions, CspOptions, CspReportOptions, CsrfOptions, CsrfRouteOptions,
+    RateLimitOptions, RichTextOptions, SecurityHeadersOptions, SecurityTxtOptions, UploadOptions,
+    ValidationOptions,
 };
 use serde::{Deserialize, Deserializer};
 
@@ -71,6 +72,8 @@ pub struct GatewayOptions {
     /// How upstreams are probed.
     #[serde(default)]
     pub health_check: HealthCheckOptions,
+    /// The ClamAV daemon that routes with `upload` rules scan files with, when given.
+    pub clamav: Option<ClamavOptions>,
 }
 
 /// The header settings of the paths under `prefix`; every header setting not given takes its
@@ -90,6 +93,11 @@ pub struct RouteOptions {
     /// only.
     #[serde(default)]
     pub csrf: CsrfRouteOptions,
+    /// What `multipart/form-data` uploads to these paths may hold; without it, uploads are
+    /// not checked.
+    pub upload: Option<UploadOptions>,
+    /// Form fields and JSON pointers whose HTML is sanitised on the way in; without it, none.
+    pub rich_text: Option<RichTextOptions>,
     /// Input validation for these paths; none by default.
     pub validate: Option<ValidationOptions>,
 }
@@ -103,6 +111,8 @@ impl RouteOptions {
             csp: None,
             csrf: CsrfRouteOptions::default(),
             validate: None,
+            upload: None,
+            rich_text: None,
         }
     }
 }
@@ -340,6 +350,7 @@ impl GatewayOptions {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             health_check: HealthCheckOptions::default(),
+            clamav: None,
         }
     }
 
@@ -399,6 +410,20 @@ impl GatewayOptions {
                     )
                 })?;
             }
+            self.validate_upload(index, route)?;
+            if let Some(rich_text) = &route.rich_text {
+                rich_text.validate().map_err(|err| {
+                    bad(
+                        &format!("routes[{index}].rich_text.{}", err.setting),
+                        err.message,
+                    )
+                })?;
+            }
+        }
+        if let Some(clamav) = &self.clamav {
+            clamav
+                .validate()
+                .map_err(|err| bad(&format!("clamav.{}", err.setting), err.message))?;
         }
         if let Some(report) = &self.csp_report
             && !report.path.starts_with('/')
@@ -419,6 +444,38 @@ impl GatewayOptions {
                 .map_err(|err| bad(&format!("security_txt.{}", err.setting), err.message))?;
         }
         self.validate_limits()
+    }
+
+    fn validate_upload(&self, index: usize, route: &RouteOptions) -> Result<(), Error> {
+        let Some(upload) = &route.upload else {
+            return Ok(());
+        };
+        let bad = |setting: &str, message: String| Error::BadSetting {
+            setting: format!("routes[{index}].upload.{setting}"),
+            message,
+        };
+        upload
+            .validate()
+            .map_err(|err| bad(err.setting, err.message))?;
+        if upload.scan && self.clamav.is_none() {
+            return Err(bad(
+                "scan",
+                "no virus scanner is configured; add [gateway.clamav] with clamd's socket \
+                 (socket = \"/run/clamav/clamd.ctl\"), or set scan = false"
+                    .into(),
+            ));
+        }
+        if upload.max_file_bytes > self.limits.max_body_bytes {
+            return Err(bad(
+                "max_file_bytes",
+                format!(
+                    "is larger than limits.max_body_bytes ({} bytes), which every request \
+                     must fit; lower it or raise the limit",
+                    self.limits.max_body_bytes
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_limits(&self) -> Result<(), Error> {

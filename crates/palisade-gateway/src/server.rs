@@ -13,8 +13,8 @@ use hyper_util::{
 };
 use palisade_guard::{
     Body, BoxError, ClientIpLayer, CspLayer, CspReportLayer, CsrfKey, CsrfLayer,
-    HttpsRedirectLayer, HttpsRedirectOptions, Peer, RateLimitLayer, RejectionKind,
-    SecurityHeadersLayer, SecurityTxtLayer, ValidateLayer,
+    HttpsRedirectLayer, HttpsRedirectOptions, Peer, RateLimitLayer, RejectionKind, RichTextLayer,
+    SecurityHeadersLayer, SecurityTxtLayer, UploadLayer, ValidateLayer,
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -242,6 +242,8 @@ impl Gateway {
             .map(SecurityTxtLayer::new)
             .transpose()
             .map_err(|err| bad(format!("security_txt.{}", err.setting), err.message))?;
+        let upload = self.upload_layer()?;
+        let rich_text = self.rich_text_layer()?;
         let https = ServiceBuilder::new()
             .layer(headers.clone())
             .layer(csp)
@@ -252,6 +254,8 @@ impl Gateway {
             .option_layer(options.csp_report.clone().map(CspReportLayer::new))
             .layer(csrf)
             .layer(validate)
+            .option_layer(upload)
+            .option_layer(rich_text)
             .service(proxy.clone());
 
         let redirect = HttpsRedirectLayer::new(&HttpsRedirectOptions {
@@ -266,6 +270,51 @@ impl Gateway {
             .layer(redirect)
             .service(proxy);
         Ok((https, http))
+    }
+}
+
+impl Gateway {
+    /// The upload checks, when a route has `upload` rules.
+    fn upload_layer(&self) -> Result<Option<UploadLayer>, Error> {
+        let options = &self.options;
+        if options.routes.iter().all(|route| route.upload.is_none()) {
+            return Ok(None);
+        }
+        let mut layer = UploadLayer::new(options.clamav.as_ref())
+            .map_err(|err| bad(format!("clamav.{}", err.setting), err.message))?;
+        for (index, route) in options.routes.iter().enumerate() {
+            let Some(upload) = &route.upload else {
+                continue;
+            };
+            layer = layer.with_route(&route.prefix, upload).map_err(|err| {
+                bad(
+                    format!("routes[{index}].upload.{}", err.setting),
+                    err.message,
+                )
+            })?;
+        }
+        Ok(Some(layer))
+    }
+
+    /// The rich text sanitiser, when a route has `rich_text` fields.
+    fn rich_text_layer(&self) -> Result<Option<RichTextLayer>, Error> {
+        let routes = &self.options.routes;
+        if routes.iter().all(|route| route.rich_text.is_none()) {
+            return Ok(None);
+        }
+        let mut layer = RichTextLayer::new();
+        for (index, route) in routes.iter().enumerate() {
+            let Some(rich_text) = &route.rich_text else {
+                continue;
+            };
+            layer = layer.with_route(&route.prefix, rich_text).map_err(|err| {
+                bad(
+                    format!("routes[{index}].rich_text.{}", err.setting),
+                    err.message,
+                )
+            })?;
+        }
+        Ok(Some(layer))
     }
 }
 

@@ -6,23 +6,28 @@
 //! response built by [`reject`] and emits one security event; see `docs/gateway.md`.
 
 pub mod body;
+pub mod clamav;
 pub mod client_ip;
 pub mod csp;
 pub mod csp_report;
 pub mod csrf;
 pub mod headers;
 pub mod host;
+mod inspect;
 pub mod ratelimit;
 pub mod redirect;
 pub mod reject;
 mod rewrite;
+pub mod rich_text;
 mod route;
 pub mod sanitize;
 pub mod security_txt;
 pub mod settings;
+pub mod upload;
 pub mod validate;
 
 pub use body::{Body, BoxError};
+pub use clamav::{ClamavOptions, Clamd, WhenUnavailable};
 pub use client_ip::{ClientAddr, ClientIpLayer, ClientIpOptions, Peer};
 pub use csp::{CspLayer, CspMode, CspOptions, CspPolicy, DirectiveValue, PageNonce};
 pub use csp_report::{CspReportLayer, CspReportOptions};
@@ -31,8 +36,10 @@ pub use headers::{CookieOptions, SameSite, SecurityHeadersLayer, SecurityHeaders
 pub use ratelimit::{RateLimitLayer, RateLimitOptions};
 pub use redirect::{HttpsRedirectLayer, HttpsRedirectOptions};
 pub use reject::{Rejection, RejectionKind};
+pub use rich_text::{RichTextLayer, RichTextOptions};
 pub use sanitize::{SanitizeOptions, Sanitizer};
 pub use security_txt::{SecurityTxtLayer, SecurityTxtOptions};
+pub use upload::{UploadLayer, UploadOptions};
 pub use validate::{ValidateLayer, ValidationOptions};
 
 /// A boxed future, as the services of this crate return.

@@ -47,6 +47,11 @@ pub enum RejectionKind {
     Malware,
     /// More requests than a rate limit allows.
     RateLimited,
+    /// An upload that could not be scanned because the virus scanner did not answer.
+    ScanUnavailable,
+    /// Not a refusal: input the gateway cleaned and passed on (markup removed from rich text,
+    /// a path taken out of an upload's file name).
+    Sanitized,
 }
 
 impl RejectionKind {
@@ -68,6 +73,8 @@ impl RejectionKind {
             Self::UploadRefused => "upload_refused",
             Self::Malware => "malware",
             Self::RateLimited => "rate_limited",
+            Self::ScanUnavailable => "scan_unavailable",
+            Self::Sanitized => "sanitized",
         }
     }
 
@@ -85,6 +92,8 @@ impl RejectionKind {
             Self::InvalidInput => StatusCode::BAD_REQUEST,
             Self::UploadRefused => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::ScanUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Sanitized => StatusCode::OK,
         }
     }
 
@@ -108,6 +117,10 @@ impl RejectionKind {
             Self::UploadRefused => "The uploaded file is not accepted here.",
             Self::Malware => "The uploaded file was refused because it contains malware.",
             Self::RateLimited => "Too many requests. Please wait a moment and try again.",
+            Self::ScanUnavailable => {
+                "The uploaded file could not be checked for malware just now. Please try again shortly."
+            }
+            Self::Sanitized => "The request's input was cleaned.",
         }
     }
 }
@@ -144,12 +157,18 @@ impl Rejection {
     /// Emits the security event for a request that a log-only or detect-only setting lets
     /// through: action `log`, no response.
     pub fn log<T>(&self, req: &Request<T>) {
+        self.record_as(req.uri(), req.extensions(), "log");
+    }
+
+    /// Emits the security event for a request with these parts that is let through with
+    /// `action` (`log`, or `sanitize` for input that was cleaned), without a response.
+    pub fn record_as(&self, uri: &Uri, extensions: &Extensions, action: &'static str) {
         record(
             self.kind,
             &self.rule,
-            client_of(req.extensions()),
-            &route_of(req.uri()),
-            "log",
+            client_of(extensions),
+            &route_of(uri),
+            action,
         );
     }
 

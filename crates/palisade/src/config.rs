@@ -294,6 +294,9 @@ impl Config {
                     rules.json_schema_file.as_mut().map(fix);
                 }
             }
+            if let Some(socket) = gateway.clamav.as_mut().and_then(|c| c.socket.as_mut()) {
+                fix(socket);
+            }
         }
         if let Some(pitr) = self.pitr.as_mut() {
             pitr.bin_dir.as_mut().map(fix);

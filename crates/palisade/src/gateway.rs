@@ -262,7 +262,7 @@ fn self_signed(global: &Global, hosts: &[String], out: &std::path::Path) -> Resu
 }
 
 /// `config check`'s look at `[gateway]`: the certificate files must load; a security.txt
-/// near its end is a warning.
+/// near its end and a clamd that cannot be reached are warnings.
 pub fn check(options: &GatewayOptions) -> Result<()> {
     if !options.tls.certificates.is_empty() {
         let sources = options
@@ -282,5 +282,33 @@ pub fn check(options: &GatewayOptions) -> Result<()> {
     {
         eprintln!("palisade: warning: {warning}");
     }
+    warn_if_clamd_unreachable(options);
     Ok(())
+}
+
+/// A warning when `[gateway.clamav]` names a clamd that does not answer a connection.
+fn warn_if_clamd_unreachable(options: &GatewayOptions) {
+    if let Some(clamav) = &options.clamav {
+        // Opens and closes a connection to clamd, as a scan would.
+        let reach = || -> std::io::Result<()> {
+            if let Some(socket) = &clamav.socket {
+                return std::os::unix::net::UnixStream::connect(socket).map(drop);
+            }
+            let address = clamav.address.as_deref().unwrap_or_default();
+            let mut last = std::io::Error::other("the address names no host");
+            for addr in std::net::ToSocketAddrs::to_socket_addrs(address)? {
+                match std::net::TcpStream::connect_timeout(&addr, clamav.timeout) {
+                    Ok(_) => return Ok(()),
+                    Err(err) => last = err,
+                }
+            }
+            Err(last)
+        };
+        if let Err(err) = reach() {
+            eprintln!(
+                "palisade: warning: [gateway.clamav]: clamd cannot be reached ({err}); uploads \
+                 to routes that scan are refused until it can (is clamav-daemon running?)"
+            );
+        }
+    }
 }

@@ -280,3 +280,53 @@ fn config_check_reads_the_gateway_section() {
         );
     }
 }
+
+#[test]
+fn config_check_names_upload_and_rich_text_mistakes() {
+    let env = Env::new();
+    let route =
+        "[gateway]\nupstreams = [\"http://a:1\"]\n[[gateway.routes]]\nprefix = \"/account\"\n";
+    let cases = [
+        (
+            "upload = { allow = [\"png\", \"jpgg\"], scan = false }\n",
+            "routes[0].upload.allow",
+            "Did you mean \"jpeg\"?",
+        ),
+        (
+            "upload = { allow = [\"png\"] }\n",
+            "routes[0].upload.scan",
+            "add [gateway.clamav]",
+        ),
+        (
+            "rich_text = { fields = [\"bio\"], allow = { tags = [\"p\", \"iframe\"] } }\n",
+            "routes[0].rich_text.allow.tags",
+            "`iframe` can load or run content",
+        ),
+        (
+            "upload = { allow = [\"png\"] }\n[gateway.clamav]\nsocket = \"a\"\naddress = \"b:1\"\n",
+            "clamav.socket",
+            "not both",
+        ),
+    ];
+    for (rest, setting, message) in cases {
+        let config = format!("{route}{rest}");
+        std::fs::write(env.path("palisade.toml"), &config).unwrap();
+        let out = bare(&env).args(["config", "check"]).output().unwrap();
+        assert_status(&out, 1, &config);
+        let err = stderr(&out);
+        assert!(
+            err.contains(setting) && err.contains(message),
+            "{config}\n{err}"
+        );
+    }
+    // A valid section whose clamd is not running: a warning, not an error.
+    let config = format!("{route}upload = {{}}\n[gateway.clamav]\nsocket = \"clamd.sock\"\n");
+    std::fs::write(env.path("palisade.toml"), &config).unwrap();
+    let out = bare(&env).args(["config", "check"]).output().unwrap();
+    assert_status(&out, 0, &config);
+    assert!(
+        stderr(&out).contains("clamd cannot be reached"),
+        "{}",
+        stderr(&out)
+    );
+}
