@@ -87,9 +87,12 @@ async fn every_refusal_emits_one_security_event() {
         validate: Some(toml::from_str("params.id = { type = \"integer\" }").unwrap()),
         ..palisade_gateway::RouteOptions::new("/orders")
     });
+    options.rate_limit =
+        toml::from_str("[[rules]]\nname = \"search\"\nprefixes = [\"/search\"]\nrate = \"1/h\"\n")
+            .unwrap();
     let gateway = TestGateway::start(options).await;
 
-    let cases: [(&[u8], &str, &str, &str, &str); 8] = [
+    let cases: [(&[u8], &str, &str, &str, &str); 9] = [
         (
             b"POST /upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\
               Connection: close\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
@@ -151,7 +154,20 @@ async fn every_refusal_emits_one_security_event() {
             "/orders",
             "reject",
         ),
+        (
+            // The rule's one request an hour went to the test below; this one is over.
+            b"GET /search?q=x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            "rate_limited",
+            "search",
+            "/search",
+            "reject",
+        ),
     ];
+    // The search limit's one request: passes, with no event.
+    let answer = gateway
+        .raw(b"GET /search HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     for (raw, kind, rule, route, action) in cases {
         let answer = gateway.raw(raw).await;
         // Only a log-only rule lets the request through.
