@@ -6,6 +6,7 @@ use http::Uri;
 use palisade_guard::{
     ClientIpOptions, CspOptions, CspReportOptions, SecurityHeadersOptions, SecurityTxtOptions,
 };
+use palisade_waf::WafOptions;
 use serde::{Deserialize, Deserializer};
 
 use crate::Error;
@@ -64,6 +65,9 @@ pub struct GatewayOptions {
     /// How upstreams are probed.
     #[serde(default)]
     pub health_check: HealthCheckOptions,
+    /// Attack detection with the OWASP CRS (off by default).
+    #[serde(default)]
+    pub waf: WafOptions,
 }
 
 /// The header settings of the paths under `prefix`; every header setting not given takes its
@@ -340,6 +344,7 @@ impl GatewayOptions {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             health_check: HealthCheckOptions::default(),
+            waf: WafOptions::default(),
         }
     }
 
@@ -398,11 +403,27 @@ impl GatewayOptions {
                 format!("`{}` must start with /", report.path),
             ));
         }
+        self.validate_waf()?;
         if let Some(txt) = &self.security_txt {
             txt.validate()
                 .map_err(|err| bad(&format!("security_txt.{}", err.setting), err.message))?;
         }
         self.validate_limits()
+    }
+
+    fn validate_waf(&self) -> Result<(), Error> {
+        if !self.waf.enabled {
+            return Ok(());
+        }
+        let bad = |err: palisade_waf::Error| Error::BadSetting {
+            setting: format!("waf.{}", err.setting()),
+            message: err.message(),
+        };
+        self.waf.validate().map_err(bad)?;
+        if !palisade_waf::BUILT_IN {
+            return Err(bad(palisade_waf::Error::NotBuiltIn));
+        }
+        Ok(())
     }
 
     fn validate_limits(&self) -> Result<(), Error> {
@@ -522,6 +543,29 @@ mod tests {
         assert_eq!(options.limits.max_body_bytes, 10 * 1024 * 1024);
         assert_eq!(options.csp.directives.len(), 2);
         assert!(options.routes[0].csp.is_none());
+    }
+
+    #[test]
+    fn the_waf_is_off_by_default_and_asking_for_it_needs_the_feature() {
+        let options = GatewayOptions::new("http://127.0.0.1:1");
+        assert!(!options.waf.enabled);
+        options.validate().unwrap();
+        let mut options = GatewayOptions::new("http://127.0.0.1:1");
+        options.waf.enabled = true;
+        match options.validate() {
+            Ok(()) => assert!(palisade_waf::BUILT_IN),
+            Err(Error::BadSetting { setting, message }) => {
+                assert!(!palisade_waf::BUILT_IN);
+                assert_eq!(setting, "waf.enabled");
+                assert!(message.contains("--features modsecurity"), "{message}");
+            }
+            Err(other) => panic!("{other}"),
+        }
+        options.waf.paranoia_level = 0;
+        let Err(Error::BadSetting { setting, .. }) = options.validate() else {
+            panic!("accepted")
+        };
+        assert_eq!(setting, "waf.paranoia_level");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::{
     task::{Context, Poll},
 };
 
+use bytes::Bytes;
 use http::{
     Extensions, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version,
     header,
@@ -18,7 +19,7 @@ use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper_util::{client::legacy::Client, rt::TokioIo};
 use palisade_guard::{
-    Body, BoxFuture, ClientAddr, Peer, Rejection, RejectionKind, host, reject::error_page,
+    Body, BoxError, BoxFuture, ClientAddr, Peer, Rejection, RejectionKind, host, reject::error_page,
 };
 use tower::Service;
 
@@ -108,7 +109,11 @@ impl Proxy {
     }
 }
 
-impl Service<Request<Incoming>> for Proxy {
+impl<B> Service<Request<B>> for Proxy
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     type Response = Response<Body>;
     type Error = Infallible;
     type Future = BoxFuture<Result<Response<Body>, Infallible>>;
@@ -117,7 +122,7 @@ impl Service<Request<Incoming>> for Proxy {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let shared = self.shared.clone();
         Box::pin(async move { Ok(shared.forward(req).await) })
     }
@@ -131,7 +136,7 @@ struct Asked {
 }
 
 impl Asked {
-    fn of(req: &Request<Incoming>) -> Self {
+    fn of<B>(req: &Request<B>) -> Self {
         let mut headers = HeaderMap::new();
         if let Some(accept) = req.headers().get(header::ACCEPT) {
             headers.insert(header::ACCEPT, accept.clone());
@@ -157,7 +162,11 @@ impl Asked {
 }
 
 impl Shared {
-    async fn forward(&self, mut req: Request<Incoming>) -> Response<Body> {
+    async fn forward<B>(&self, mut req: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         if let Err(rejection) = strict::check(&req, &self.limits) {
             return rejection.respond_to(&req);
         }
@@ -199,12 +208,11 @@ impl Shared {
     }
 
     /// The request as the upstream gets it: its target, `Host`, forwarding headers, body.
-    fn outgoing(
-        &self,
-        req: Request<Incoming>,
-        upstream: &Upstream,
-        upgrade: bool,
-    ) -> Request<Body> {
+    fn outgoing<B>(&self, req: Request<B>, upstream: &Upstream, upgrade: bool) -> Request<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let (mut parts, body) = req.into_parts();
         let tls = parts.extensions.get::<Peer>().is_none_or(|peer| peer.tls);
         let client = parts

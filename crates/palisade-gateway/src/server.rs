@@ -14,6 +14,7 @@ use palisade_guard::{
     Body, BoxError, ClientIpLayer, CspLayer, CspReportLayer, HttpsRedirectLayer,
     HttpsRedirectOptions, Peer, RejectionKind, SecurityHeadersLayer, SecurityTxtLayer,
 };
+use palisade_waf::WafLayer;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
@@ -44,6 +45,7 @@ pub struct Gateway {
     certs: Arc<CertStore>,
     pool: Arc<Pool>,
     connector: Connector,
+    waf: Option<Arc<dyn palisade_waf::RuleEngine>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -102,7 +104,10 @@ impl Gateway {
             &options.upstream_tls,
             options.timeouts.upstream_connect,
         )?;
+        let waf = palisade_waf::engine(&options.waf, options.limits.max_body_bytes)
+            .map_err(|err| bad(format!("waf.{}", err.setting()), err.message()))?;
         Ok(Self {
+            waf,
             acceptor: TlsAcceptor::from(Arc::new(config)),
             pool: Arc::new(Pool::new(uris)),
             connector,
@@ -221,6 +226,15 @@ impl Gateway {
             .layer(RefuseFlaggedLayer)
             .option_layer(security_txt)
             .option_layer(options.csp_report.clone().map(CspReportLayer::new))
+            .option_layer(self.waf.clone().map(|engine| {
+                WafLayer::new(
+                    engine,
+                    &options.waf,
+                    options.limits.max_body_bytes,
+                    options.timeouts.body_read,
+                    self.local_addr(),
+                )
+            }))
             .service(proxy.clone());
 
         let redirect = HttpsRedirectLayer::new(&HttpsRedirectOptions {

@@ -120,8 +120,14 @@ where
             let (parts, body) = req.into_parts();
             let body = match read_body(body, &shared).await {
                 Ok(body) => body,
-                Err(rejection) => {
+                Err(BodyError::Refused(rejection)) => {
                     return Ok(rejection.respond(&parts.uri, &parts.headers, &parts.extensions));
+                }
+                Err(BodyError::EndedEarly) => {
+                    let message = "The request body ended early.";
+                    let page =
+                        reject::error_page(StatusCode::BAD_REQUEST, message, None, &parts.headers);
+                    return Ok(page);
                 }
             };
             let view = view_of(&parts, &body, shared.server);
@@ -163,15 +169,17 @@ where
     }
 }
 
-/// The request as received, then its normalised form when that differs; the normalised form
-/// adds only attack rules (and the blocking evaluation, when one of them made it block).
+/// The request as received, then, unless an attack rule matched already, its normalised form
+/// when that differs; the normalised form adds only attack rules (and the blocking evaluation,
+/// when one of them made it block).
 pub fn inspect(
     engine: &dyn RuleEngine,
     view: &RequestView,
     normalize: bool,
 ) -> Result<Verdict, crate::EngineError> {
     let mut verdict = engine.inspect(view)?;
-    if verdict.block || !normalize {
+    let attack = |m: &crate::Match| ATTACK_FAMILIES.contains(&m.id);
+    if !normalize || verdict.matches.iter().any(attack) {
         return Ok(verdict);
     }
     let Some(normal) = normalize::normalized(view) else {
@@ -192,7 +200,7 @@ pub fn inspect(
             verdict.matches.push(found);
         }
     }
-    if second.block {
+    if second.block && !verdict.block {
         verdict.block = true;
         verdict.anomaly_score = second.anomaly_score;
         let evaluation = second
@@ -208,8 +216,16 @@ pub fn inspect(
     Ok(verdict)
 }
 
+/// Why a body could not be read.
+enum BodyError {
+    /// A refusal with its security event: too large, too slow, malformed.
+    Refused(Rejection),
+    /// The client went away before the body ended: no attack, no event.
+    EndedEarly,
+}
+
 /// The whole body, within the size limit and the read timeout.
-async fn read_body<B>(mut body: B, shared: &Shared) -> Result<Bytes, Rejection>
+async fn read_body<B>(mut body: B, shared: &Shared) -> Result<Bytes, BodyError>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -221,13 +237,21 @@ where
     loop {
         let frame = tokio::time::timeout(shared.body_read, body.frame()).await;
         let frame = match frame {
-            Err(_) => return Err(Rejection::new(RejectionKind::SlowBody, "body-read-timeout")),
+            Err(_) => {
+                let rejection = Rejection::new(RejectionKind::SlowBody, "body-read-timeout");
+                return Err(BodyError::Refused(rejection));
+            }
             Ok(None) => return Ok(buffer.freeze()),
-            Ok(Some(Err(_))) => {
-                return Err(Rejection::new(
-                    RejectionKind::Malformed,
-                    "request-body-malformed",
-                ));
+            Ok(Some(Err(err))) => {
+                let err: BoxError = err.into();
+                let early = err
+                    .downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_incomplete_message);
+                if early {
+                    return Err(BodyError::EndedEarly);
+                }
+                let rejection = Rejection::new(RejectionKind::Malformed, "request-body-malformed");
+                return Err(BodyError::Refused(rejection));
             }
             Ok(Some(Ok(frame))) => frame,
         };
@@ -235,10 +259,8 @@ where
             continue;
         };
         if (buffer.len() + data.len()) as u64 > shared.max_body_bytes {
-            return Err(Rejection::new(
-                RejectionKind::BodyTooLarge,
-                "max-body-bytes",
-            ));
+            let rejection = Rejection::new(RejectionKind::BodyTooLarge, "max-body-bytes");
+            return Err(BodyError::Refused(rejection));
         }
         buffer.extend_from_slice(&data);
     }

@@ -111,18 +111,50 @@ pub enum Error {
     RulesRejected(String),
 }
 
-/// The engine the options ask for: none when the WAF is off, libmodsecurity with the CRS when
-/// it is on and built in, an error when it is on and not built in.
-pub fn engine(options: &WafOptions) -> Result<Option<Arc<dyn RuleEngine>>, Error> {
+impl Error {
+    /// The setting under `[gateway.waf]` the error is about.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            Self::BadSetting { setting, .. } => setting,
+            Self::NotBuiltIn => "enabled",
+            Self::NoRules(_) | Self::RulesRejected(_) => "rules_dir",
+        }
+    }
+
+    /// What is wrong and what to do, without the setting's name.
+    pub fn message(&self) -> String {
+        match self {
+            Self::BadSetting { message, .. } => message.clone(),
+            other => {
+                let text = other.to_string();
+                let prefix = format!("waf.{}: ", other.setting());
+                text.strip_prefix(&prefix)
+                    .map(str::to_string)
+                    .unwrap_or(text)
+            }
+        }
+    }
+}
+
+/// Whether this build has a rule engine (the `modsecurity` feature).
+pub const BUILT_IN: bool = cfg!(feature = "modsecurity");
+
+/// The engine the options ask for, for bodies of at most `body_limit` bytes: none when the WAF
+/// is off, libmodsecurity with the CRS when it is on and built in, an error when it is on and
+/// not built in.
+pub fn engine(options: &WafOptions, body_limit: u64) -> Result<Option<Arc<dyn RuleEngine>>, Error> {
     if !options.enabled {
         return Ok(None);
     }
     options.validate()?;
     #[cfg(feature = "modsecurity")]
     {
-        let engine = modsecurity::ModSecurityEngine::new(options)?;
+        let engine = modsecurity::ModSecurityEngine::with_body_limit(options, body_limit)?;
         Ok(Some(Arc::new(engine)))
     }
     #[cfg(not(feature = "modsecurity"))]
-    Err(Error::NotBuiltIn)
+    {
+        let _ = body_limit;
+        Err(Error::NotBuiltIn)
+    }
 }
