@@ -81,6 +81,12 @@ impl Recorder {
         taken
     }
 
+    /// Takes every event so far, after a moment for the gateway's tasks to emit theirs.
+    pub async fn take_all(&self) -> Vec<Event> {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+
     fn count(&self, route: &str) -> usize {
         let events = self.0.lock().unwrap();
         events.iter().filter(|e| e.get("route") == route).count()
