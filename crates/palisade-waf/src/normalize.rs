@@ -1,6 +1,7 @@
 //! The normalised form of a request: each value decoded once more (percent-encoding), put in
 //! Unicode NFKC and stripped of BOMs and zero-width characters; Base64 values decoded beside
-//! themselves; multipart bodies rewritten with one plain quoted name and filename per part.
+//! themselves; multipart bodies rewritten with one plain quoted name and filename per part (a
+//! part's content is not percent-decoded: form-data is raw bytes).
 //!
 //! The engine sees the request as received first; this form is inspected as well when it
 //! differs, so obfuscation that the application would undo itself does not hide a payload.
@@ -287,12 +288,14 @@ fn extended_value(raw: &str) -> String {
 }
 
 /// A multipart body again, every part with one plain quoted name and filename (the
-/// `filename*` form decoded, the last of several taken) and its text content normalised.
+/// `filename*` form decoded, the last of several taken, both decoded once more) and its text
+/// content in NFKC without invisible characters. A part's content is not percent-decoded:
+/// form-data carries raw bytes (RFC 7578), so no application sees it decoded, and decoding it
+/// only turns benign text like `john%2Bor%40var.es` into a false positive.
 fn multipart(body: &[u8], boundary: &str, decoded: &mut Vec<String>) -> Option<Vec<u8>> {
     let delimiter = format!("--{boundary}");
-    let text = body;
     let mut out = Vec::new();
-    let mut pieces = split(text, delimiter.as_bytes()).into_iter().skip(1);
+    let mut pieces = split(body, delimiter.as_bytes()).into_iter().skip(1);
     for piece in pieces.by_ref() {
         if piece.starts_with(b"--") {
             break;
@@ -345,9 +348,9 @@ fn multipart(body: &[u8], boundary: &str, decoded: &mut Vec<String>) -> Option<V
         }
         out.extend_from_slice(b"\r\n");
         match std::str::from_utf8(content) {
-            Ok(_) => {
+            Ok(content_text) => {
                 decoded.extend(base64_text(content));
-                out.extend(value(content));
+                out.extend(text(content_text).into_bytes());
             }
             Err(_) => out.extend_from_slice(content),
         }
