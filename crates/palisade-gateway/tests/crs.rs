@@ -129,11 +129,15 @@ async fn replay(recorder: &Recorder, normalize: bool) -> f64 {
     let started = Instant::now();
     let mut table: BTreeMap<String, [usize; 3]> = BTreeMap::new();
     let mut failures = Vec::new();
+    let mut refused = Vec::new();
     for case in &cases {
         let mut worst = Judgement::Pass;
         for stage in &case.stages {
             let outcome = send(&gateway, recorder, &stage.request).await;
             let judgement = judge(&stage.expected, &outcome);
+            if judgement == Judgement::RefusedBefore {
+                refused.push(format!("{}: {:?}", case.title, outcome.refused_before));
+            }
             if judgement == Judgement::Fail {
                 failures.push(format!(
                     "{}: expected {:?}, got {:?}",
@@ -167,6 +171,10 @@ async fn replay(recorder: &Recorder, normalize: bool) -> f64 {
     );
     for failure in &failures {
         println!("  {failure}");
+    }
+    println!("refused before the WAF:");
+    for case in &refused {
+        println!("  {case}");
     }
     let cases_run = total.iter().sum::<usize>();
     (total[0] + total[1]) as f64 / cases_run as f64

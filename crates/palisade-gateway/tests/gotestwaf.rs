@@ -412,8 +412,12 @@ struct Nginx {
 impl Nginx {
     async fn start(upstream: &Upstream, waf: &WafOptions) -> Self {
         let module = "/usr/lib/nginx/modules/ngx_http_modsecurity_module.so";
+        let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| Path::new(p).is_file())
+            .unwrap_or("nginx");
         assert!(
-            Path::new(module).exists() && which("nginx"),
+            Path::new(module).exists() && (binary != "nginx" || which("nginx")),
             "the anchor needs Debian's nginx and its ModSecurity module: apt-get install nginx \
              libnginx-mod-http-modsecurity"
         );
@@ -440,7 +444,7 @@ impl Nginx {
         );
         let conf_file = dir.path().join("nginx.conf");
         std::fs::write(&conf_file, conf).unwrap();
-        let child = std::process::Command::new("nginx")
+        let child = std::process::Command::new(binary)
             .arg("-p")
             .arg(dir.path())
             .arg("-c")

@@ -266,6 +266,19 @@ where
     }
 }
 
+/// The request target as the client wrote it: a path and query; on HTTP/1, a whole URL
+/// (absolute form) or `host:port` (CONNECT's authority form). HTTP/2 always has a path
+/// (hyper fills in scheme and authority from the pseudo-headers).
+fn target(uri: &http::Uri, version: Version) -> String {
+    let http1 = version < Version::HTTP_2;
+    match (uri.scheme(), uri.path_and_query(), uri.authority()) {
+        (Some(_), _, _) if http1 => uri.to_string(),
+        (_, Some(pq), _) => pq.as_str().to_string(),
+        (_, None, Some(authority)) => authority.as_str().to_string(),
+        (_, None, None) => "/".to_string(),
+    }
+}
+
 /// What the engine is shown of a request.
 fn view_of(parts: &Parts, body: &Bytes, server: SocketAddr) -> RequestView {
     let peer = parts.extensions.get::<Peer>().map(|p| p.addr);
@@ -307,11 +320,7 @@ fn view_of(parts: &Parts, body: &Bytes, server: SocketAddr) -> RequestView {
     };
     RequestView {
         method: parts.method.as_str().to_string(),
-        uri: parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_string(),
+        uri: target(&parts.uri, parts.version),
         version,
         headers,
         body: body.clone(),
