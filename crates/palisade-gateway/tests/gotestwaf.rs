@@ -39,6 +39,7 @@ const SETS: [&str; 3] = ["owasp", "community", "false-pos"];
 /// One request to replay.
 struct Replay {
     set: &'static str,
+    encoder: String,
     bytes: Vec<u8>,
 }
 
@@ -84,6 +85,13 @@ async fn the_gateway_blocks_at_least_what_nginx_with_modsecurity_blocks() {
             String::from_utf8_lossy(&replays[*i].bytes)
         );
     }
+    let mut gained: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for i in &extra {
+        *gained
+            .entry((replays[*i].set, replays[*i].encoder.as_str()))
+            .or_insert(0) += 1;
+    }
+    println!("blocked only with normalisation, by set and encoder: {gained:?}");
     let results: Vec<(&str, BTreeMap<&str, usize>)> = results
         .iter()
         .map(|(label, blocked)| (*label, by_set(blocked)))
@@ -206,7 +214,11 @@ fn load(suite: &Path) -> (Vec<Replay>, usize) {
                     let encoded = encode(encoder.as_str().unwrap_or("Plain"), &payload);
                     for placeholder in list("placeholder") {
                         match request(&placeholder, &encoded, replays.len()) {
-                            Some(bytes) => replays.push(Replay { set, bytes }),
+                            Some(bytes) => replays.push(Replay {
+                                set,
+                                encoder: encoder.as_str().unwrap_or("Plain").to_string(),
+                                bytes,
+                            }),
                             None => unsendable += 1,
                         }
                     }
