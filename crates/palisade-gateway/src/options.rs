@@ -552,14 +552,14 @@ mod tests {
         options.validate().unwrap();
         let mut options = GatewayOptions::new("http://127.0.0.1:1");
         options.waf.enabled = true;
-        match options.validate() {
-            Ok(()) => assert!(palisade_waf::BUILT_IN),
-            Err(Error::BadSetting { setting, message }) => {
-                assert!(!palisade_waf::BUILT_IN);
-                assert_eq!(setting, "waf.enabled");
-                assert!(message.contains("--features modsecurity"), "{message}");
-            }
-            Err(other) => panic!("{other}"),
+        let result = options.validate();
+        assert_eq!(result.is_ok(), palisade_waf::BUILT_IN, "{result:?}");
+        if let Err(err) = result {
+            let Error::BadSetting { setting, message } = err else {
+                panic!("{err}")
+            };
+            assert_eq!(setting, "waf.enabled");
+            assert!(message.contains("--features modsecurity"), "{message}");
         }
         options.waf.paranoia_level = 0;
         let Err(Error::BadSetting { setting, .. }) = options.validate() else {

@@ -6,6 +6,7 @@
 #![cfg(feature = "modsecurity")]
 
 #[path = "waf/recorder.rs"]
+#[allow(dead_code)] // the replayer's helpers
 mod recorder;
 #[path = "gateway/support.rs"]
 #[allow(dead_code)]
