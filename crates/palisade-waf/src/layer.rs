@@ -131,41 +131,51 @@ where
                 }
             };
             let view = view_of(&parts, &body, shared.server);
-            let engine = shared.engine.clone();
-            let normalize = shared.normalize;
+            let (engine, normalize) = (shared.engine.clone(), shared.normalize);
             let inspected =
                 tokio::task::spawn_blocking(move || inspect(engine.as_ref(), &view, normalize))
-                    .await;
+                    .await
+                    .map_err(|err| err.to_string())
+                    .and_then(|result| result.map_err(|err| err.to_string()));
             let req = Request::from_parts(parts, Body::from(body));
-            match inspected {
-                Ok(Ok(verdict)) if verdict.block => {
-                    let rejection = Rejection::new(RejectionKind::Attack, verdict.rule_ids());
-                    if !shared.detect_only {
-                        return Ok(rejection.respond_to(&req));
-                    }
-                    rejection.log(&req);
-                }
-                Ok(Ok(_)) => {}
-                failed => {
-                    let error = match failed {
-                        Ok(Err(err)) => err.to_string(),
-                        Err(err) => err.to_string(),
-                        Ok(Ok(_)) => unreachable!("handled above"),
-                    };
-                    tracing::warn!(target: "palisade::waf", error, "a request could not be inspected");
-                    if !shared.detect_only {
-                        let message = "The request could not be checked. Please try again.";
-                        return Ok(reject::error_page(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            message,
-                            None,
-                            req.headers(),
-                        ));
-                    }
-                }
+            if let Some(refusal) = shared.refusal(inspected, &req) {
+                return Ok(refusal);
             }
             inner.call(req).await
         })
+    }
+}
+
+impl Shared {
+    /// The answer that stops `req`, when its verdict blocks it or its inspection failed; in
+    /// detect-only mode none, and a logged event for a verdict that would have blocked.
+    fn refusal<B, T: From<Bytes>>(
+        &self,
+        inspected: Result<Verdict, String>,
+        req: &Request<B>,
+    ) -> Option<Response<T>> {
+        match inspected {
+            Ok(verdict) if !verdict.block => None,
+            Ok(verdict) => {
+                let rejection = Rejection::new(RejectionKind::Attack, verdict.rule_ids());
+                if self.detect_only {
+                    rejection.log(req);
+                    return None;
+                }
+                Some(rejection.respond_to(req))
+            }
+            Err(error) => {
+                tracing::warn!(target: "palisade::waf", error, "a request could not be inspected");
+                let message = "The request could not be checked. Please try again.";
+                let page = reject::error_page(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    message,
+                    None,
+                    req.headers(),
+                );
+                (!self.detect_only).then_some(page)
+            }
+        }
     }
 }
 
