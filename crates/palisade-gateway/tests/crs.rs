@@ -27,11 +27,15 @@ use serde_yaml::Value;
 use support::{TestGateway, Upstream, options, tls_connect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Where the suite is: `shared/` beside the repository.
-const SUITE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/data/crs-3.3.4-regression"
-);
+/// Where the suite is: in `../shared/data` beside the repository, or `PALISADE_SHARED_DATA`
+/// (a git worktree one level deeper than the clone, say).
+fn suite() -> std::path::PathBuf {
+    let shared = std::env::var_os("PALISADE_SHARED_DATA").map_or_else(
+        || std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data")),
+        std::path::PathBuf::from,
+    );
+    shared.join("crs-3.3.4-regression")
+}
 
 /// What one stage expects.
 #[derive(Debug, Default)]
@@ -98,13 +102,14 @@ async fn the_crs_regression_suite_passes_at_paranoia_level_4() {
 
 /// Replays the suite through a gateway with or without normalisation; the pass rate.
 async fn replay(recorder: &Recorder, normalize: bool) -> f64 {
-    let suite = Path::new(SUITE);
+    let suite = suite();
     assert!(
         suite.is_dir(),
-        "the CRS regression suite is not at {SUITE}: the tests read shared/data beside the \
-         repository"
+        "the CRS regression suite is not at {}: the tests read ../shared/data beside the \
+         repository (or PALISADE_SHARED_DATA)",
+        suite.display()
     );
-    let (cases, disabled, unreadable) = load(suite);
+    let (cases, disabled, unreadable) = load(&suite);
     assert!(
         unreadable.is_empty(),
         "files that do not parse: {unreadable:?}"

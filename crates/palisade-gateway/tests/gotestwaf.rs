@@ -28,10 +28,15 @@ use tokio::{
     net::TcpStream,
 };
 
-const SUITE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/data/gotestwaf/testcases"
-);
+/// Where the suite is: in `../shared/data` beside the repository, or `PALISADE_SHARED_DATA`
+/// (a git worktree one level deeper than the clone, say).
+fn suite() -> std::path::PathBuf {
+    let shared = std::env::var_os("PALISADE_SHARED_DATA").map_or_else(
+        || std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data")),
+        std::path::PathBuf::from,
+    );
+    shared.join("gotestwaf/testcases")
+}
 
 /// The sets compared: attacks, and the benign texts that should pass.
 const SETS: [&str; 3] = ["owasp", "community", "false-pos"];
@@ -45,7 +50,7 @@ struct Replay {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_blocks_at_least_what_nginx_with_modsecurity_blocks() {
-    let (replays, unsendable) = load(Path::new(SUITE));
+    let (replays, unsendable) = load(&suite());
     let upstream = Upstream::start().await;
     let waf = WafOptions {
         enabled: true,
@@ -191,7 +196,9 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, bytes: &[u8]
 fn load(suite: &Path) -> (Vec<Replay>, usize) {
     assert!(
         suite.is_dir(),
-        "GoTestWAF's test cases are not at {SUITE}: the tests read shared/data beside the repository"
+        "GoTestWAF's test cases are not at {}: the tests read ../shared/data beside the \
+         repository (or PALISADE_SHARED_DATA)",
+        suite.display()
     );
     let (mut replays, mut unsendable) = (Vec::new(), 0);
     for set in SETS {

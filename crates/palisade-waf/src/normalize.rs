@@ -20,14 +20,14 @@ pub const BASE64_ARG: &str = "palisade-base64";
 
 /// The request's normalised form, or `None` when it is the same as received.
 pub fn normalized(request: &RequestView) -> Option<RequestView> {
-    let mut decoded = Vec::new();
-    let uri = normalized_uri(&request.uri, &mut decoded);
+    let mut found = Found::default();
+    let uri = normalized_uri(&request.uri, &mut found);
     let content_type = header(request, "content-type").unwrap_or_default();
-    let body = normalized_body(&request.body, &content_type, &mut decoded);
+    let body = normalized_body(&request.body, &content_type, &mut found);
     let headers: Vec<(Bytes, Bytes)> = request
         .headers
         .iter()
-        .map(|(name, value)| (name.clone(), normalized_header(name, value, &mut decoded)))
+        .map(|(name, value)| (name.clone(), normalized_header(name, value, &mut found)))
         .map(|(name, value)| {
             let fixed = name.eq_ignore_ascii_case(b"content-length");
             (
@@ -40,14 +40,39 @@ pub fn normalized(request: &RequestView) -> Option<RequestView> {
             )
         })
         .collect();
-    let uri = with_decoded(uri, &decoded);
-    let same = uri == request.uri && body == request.body && headers == request.headers;
-    (!same).then(|| RequestView {
+    if !found.changed && found.decoded.is_empty() {
+        return None;
+    }
+    let uri = with_decoded(uri, &found.decoded);
+    Some(RequestView {
         uri,
         headers,
         body,
         ..request.clone()
     })
+}
+
+/// What normalising found: Base64 texts, and whether any value changed.
+#[derive(Default)]
+struct Found {
+    decoded: Vec<String>,
+    changed: bool,
+}
+
+impl Found {
+    /// [`value`], noting whether it changed anything.
+    fn value(&mut self, raw: &[u8]) -> Vec<u8> {
+        let normal = value(raw);
+        self.changed |= normal != raw;
+        normal
+    }
+
+    /// [`text`], noting whether it changed anything.
+    fn text(&mut self, raw: &str) -> String {
+        let normal = text(raw);
+        self.changed |= normal != raw;
+        normal
+    }
 }
 
 /// Text with BOMs and zero-width characters removed, then in NFKC.
@@ -103,16 +128,16 @@ fn header(request: &RequestView, name: &str) -> Option<String> {
 
 /// The path decoded once more; the query's names and values decoded as the application would,
 /// then once more, and encoded again so that the engine's own decoding yields them.
-fn normalized_uri(uri: &str, decoded: &mut Vec<String>) -> String {
+fn normalized_uri(uri: &str, found: &mut Found) -> String {
     let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
     let app_path: Vec<u8> = percent_decode(path.as_bytes()).collect();
-    let mut out = encode_path(&value(&app_path));
+    let mut out = encode_path(&found.value(&app_path));
     for segment in path.split('/') {
-        decoded.extend(base64_text(segment.as_bytes()));
+        found.decoded.extend(base64_text(segment.as_bytes()));
     }
     if uri.contains('?') {
         out.push('?');
-        out.push_str(&normalized_form(query.as_bytes(), decoded));
+        out.push_str(&normalized_form(query.as_bytes(), found));
     }
     out
 }
@@ -126,17 +151,17 @@ fn encode_path(path: &[u8]) -> String {
 }
 
 /// `a=1&b=2` form data, each name and value normalised.
-fn normalized_form(form: &[u8], decoded: &mut Vec<String>) -> String {
+fn normalized_form(form: &[u8], found: &mut Found) -> String {
     let mut pairs = Vec::new();
     for pair in form.split(|b| *b == b'&') {
         let mut parts = pair.splitn(2, |b| *b == b'=');
         let name = form_decode(parts.next().unwrap_or_default());
         let raw_value = parts.next();
         let app_value = form_decode(raw_value.unwrap_or_default());
-        decoded.extend(base64_text(&app_value));
-        let name = encode(&value(&name));
+        found.decoded.extend(base64_text(&app_value));
+        let name = encode(&found.value(&name));
         pairs.push(match raw_value {
-            Some(_) => format!("{name}={}", encode(&value(&app_value))),
+            Some(_) => format!("{name}={}", encode(&found.value(&app_value))),
             None => name,
         });
     }
@@ -168,13 +193,13 @@ fn with_decoded(mut uri: String, decoded: &[String]) -> String {
 }
 
 /// A header value normalised; cookies value by value.
-fn normalized_header(name: &[u8], raw: &Bytes, decoded: &mut Vec<String>) -> Bytes {
+fn normalized_header(name: &[u8], raw: &Bytes, found: &mut Found) -> Bytes {
     if name.eq_ignore_ascii_case(b"content-type") || name.eq_ignore_ascii_case(b"content-length") {
         return raw.clone();
     }
     if name.eq_ignore_ascii_case(b"authorization") {
         // Basic credentials are Base64 by design; decoding them would only inspect a secret.
-        return Bytes::from(value(raw));
+        return Bytes::from(found.value(raw));
     }
     if name.eq_ignore_ascii_case(b"cookie") {
         let mut cookies = Vec::new();
@@ -184,55 +209,53 @@ fn normalized_header(name: &[u8], raw: &Bytes, decoded: &mut Vec<String>) -> Byt
                 Some(at) => (&cookie[..at], &cookie[at + 1..]),
                 None => (cookie, &[][..]),
             };
-            decoded.extend(base64_text(raw_value));
-            let mut normal = value(name);
+            found.decoded.extend(base64_text(raw_value));
+            let mut normal = found.value(name);
             normal.push(b'=');
             // The rules decode cookie values themselves (`t:urlDecodeUni`): no encoding back.
-            normal.extend(value(raw_value));
+            normal.extend(found.value(raw_value));
             cookies.push(normal);
         }
         return Bytes::from(cookies.join(&b"; "[..]));
     }
-    decoded.extend(base64_text(raw));
-    Bytes::from(value(raw))
+    found.decoded.extend(base64_text(raw));
+    Bytes::from(found.value(raw))
 }
 
-fn normalized_body(body: &Bytes, content_type: &str, decoded: &mut Vec<String>) -> Bytes {
+fn normalized_body(body: &Bytes, content_type: &str, found: &mut Found) -> Bytes {
     if body.is_empty() {
         return body.clone();
     }
     let lower = content_type.to_ascii_lowercase();
     if lower.starts_with("application/x-www-form-urlencoded") {
-        return Bytes::from(normalized_form(body, decoded));
+        return Bytes::from(normalized_form(body, found));
     }
     if lower.starts_with("multipart/") {
         if let Some(boundary) = boundary(content_type) {
-            return multipart(body, &boundary, decoded).map_or_else(|| body.clone(), Bytes::from);
+            return multipart(body, &boundary, found).map_or_else(|| body.clone(), Bytes::from);
         }
         return body.clone();
     }
     if lower.contains("json")
         && let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(body)
     {
-        normalize_json(&mut json, decoded);
+        normalize_json(&mut json, found);
         return Bytes::from(json.to_string());
     }
     match std::str::from_utf8(body) {
-        Ok(_) => Bytes::from(value(body)),
+        Ok(_) => Bytes::from(found.value(body)),
         Err(_) => body.clone(),
     }
 }
 
-fn normalize_json(json: &mut serde_json::Value, decoded: &mut Vec<String>) {
+fn normalize_json(json: &mut serde_json::Value, found: &mut Found) {
     match json {
         serde_json::Value::String(s) => {
-            decoded.extend(base64_text(s.as_bytes()));
-            *s = String::from_utf8_lossy(&value(s.as_bytes())).into_owned();
+            found.decoded.extend(base64_text(s.as_bytes()));
+            *s = String::from_utf8_lossy(&found.value(s.as_bytes())).into_owned();
         }
-        serde_json::Value::Array(items) => {
-            items.iter_mut().for_each(|v| normalize_json(v, decoded))
-        }
-        serde_json::Value::Object(map) => map.values_mut().for_each(|v| normalize_json(v, decoded)),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| normalize_json(v, found)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|v| normalize_json(v, found)),
         _ => {}
     }
 }
@@ -292,7 +315,7 @@ fn extended_value(raw: &str) -> String {
 /// content in NFKC without invisible characters. A part's content is not percent-decoded:
 /// form-data carries raw bytes (RFC 7578), so no application sees it decoded, and decoding it
 /// only turns benign text like `john%2Bor%40var.es` into a false positive.
-fn multipart(body: &[u8], boundary: &str, decoded: &mut Vec<String>) -> Option<Vec<u8>> {
+fn multipart(body: &[u8], boundary: &str, found: &mut Found) -> Option<Vec<u8>> {
     let delimiter = format!("--{boundary}");
     let mut out = Vec::new();
     let mut pieces = split(body, delimiter.as_bytes()).into_iter().skip(1);
@@ -325,21 +348,33 @@ fn multipart(body: &[u8], boundary: &str, decoded: &mut Vec<String>) -> Option<V
             for (param, val) in parameters(rest) {
                 match param.to_ascii_lowercase().as_str() {
                     "name" => name = Some(val),
+                    "filename" | "filename*" if filename.is_some() => {
+                        // Several filenames: parsers disagree on which one counts.
+                        found.changed = true;
+                        filename = Some(if param.ends_with('*') {
+                            extended_value(&val)
+                        } else {
+                            val
+                        });
+                    }
                     "filename" => filename = Some(val),
-                    "filename*" => filename = Some(extended_value(&val)),
+                    "filename*" => {
+                        found.changed = true;
+                        filename = Some(extended_value(&val));
+                    }
                     _ => {}
                 }
             }
         }
-        let quote = |s: &str| text_value_quoted(s);
         out.extend_from_slice(format!("{delimiter}\r\n").as_bytes());
         let mut disposition = format!(
             "Content-Disposition: form-data; name=\"{}\"",
-            quote(&name.unwrap_or_default())
+            text_value_quoted(&name.unwrap_or_default(), found)
         );
         if let Some(filename) = filename {
-            decoded.extend(base64_text(filename.as_bytes()));
-            disposition.push_str(&format!("; filename=\"{}\"", quote(&filename)));
+            found.decoded.extend(base64_text(filename.as_bytes()));
+            let quoted = text_value_quoted(&filename, found);
+            disposition.push_str(&format!("; filename=\"{quoted}\""));
         }
         out.extend_from_slice(disposition.as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -349,8 +384,8 @@ fn multipart(body: &[u8], boundary: &str, decoded: &mut Vec<String>) -> Option<V
         out.extend_from_slice(b"\r\n");
         match std::str::from_utf8(content) {
             Ok(content_text) => {
-                decoded.extend(base64_text(content));
-                out.extend(text(content_text).into_bytes());
+                found.decoded.extend(base64_text(content));
+                out.extend(found.text(content_text).into_bytes());
             }
             Err(_) => out.extend_from_slice(content),
         }
@@ -361,8 +396,8 @@ fn multipart(body: &[u8], boundary: &str, decoded: &mut Vec<String>) -> Option<V
 }
 
 /// A name or filename normalised and escaped for a quoted parameter.
-fn text_value_quoted(raw: &str) -> String {
-    let normal = String::from_utf8_lossy(&value(raw.as_bytes())).into_owned();
+fn text_value_quoted(raw: &str, found: &mut Found) -> String {
+    let normal = String::from_utf8_lossy(&found.value(raw.as_bytes())).into_owned();
     normal
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -457,6 +492,10 @@ mod tests {
         assert_eq!(decode_all(pairs[0]), "q=SELECT");
         assert_eq!(pairs[1], "x");
         assert!(normalized(&view("/plain?a=b", &[], "")).is_none());
+        // Spelling alone (a dot, a plus for a space) is no change: no second inspection.
+        let form = [("content-type", "application/x-www-form-urlencoded")];
+        let plain = view("/index.html?q=a+b", &form, "name=Ada+Lovelace&x=%2C");
+        assert!(normalized(&plain).is_none());
     }
 
     #[test]
