@@ -14,23 +14,14 @@ use palisade_guard::BoxError;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-/// The error a [`BodyTimeout`] ends with.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body stalled for longer than the body read timeout")]
-pub struct BodyReadTimeout;
+pub use palisade_guard::body::{BodyReadTimeout, ClientBodyError};
 
-/// The error the client's body itself failed with (not the size limit): hyper's.
-#[derive(Debug, thiserror::Error)]
-#[error("the client's request body: {0}")]
-pub struct ClientBodyError(#[source] pub BoxError);
-
-impl ClientBodyError {
-    /// Whether the body merely ended early (the client went away) rather than broke a rule.
-    pub fn ended_early(&self) -> bool {
-        self.0
-            .downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_incomplete_message)
-    }
+/// Whether the client's body merely ended early (the client went away) rather than broke a
+/// rule.
+pub fn ended_early(err: &ClientBodyError) -> bool {
+    err.0
+        .downcast_ref::<hyper::Error>()
+        .is_some_and(hyper::Error::is_incomplete_message)
 }
 
 fn mark(err: BoxError) -> BoxError {

@@ -4,7 +4,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use http::Uri;
 use palisade_guard::{
-    ClientIpOptions, CspOptions, CspReportOptions, SecurityHeadersOptions, SecurityTxtOptions,
+    ClientIpOptions, CspOptions, CspReportOptions, CsrfOptions, CsrfRouteOptions,
+    SecurityHeadersOptions, SecurityTxtOptions, ValidationOptions,
 };
 use palisade_waf::WafOptions;
 use serde::{Deserialize, Deserializer};
@@ -53,6 +54,9 @@ pub struct GatewayOptions {
     /// A collector for CSP violation reports, when given; the gateway's policies then name it
     /// in `report-uri`.
     pub csp_report: Option<CspReportOptions>,
+    /// CSRF tokens in pages and their checks on state-changing requests.
+    #[serde(default)]
+    pub csrf: CsrfOptions,
     /// Trusted proxies in front of the gateway.
     #[serde(default)]
     pub client_ip: ClientIpOptions,
@@ -83,6 +87,37 @@ pub struct RouteOptions {
     pub headers: SecurityHeadersOptions,
     /// The policy for these paths.
     pub csp: Option<CspOptions>,
+    /// The CSRF mode of these paths (`off` for signed webhooks) and whether they take JSON
+    /// only.
+    #[serde(default)]
+    pub csrf: CsrfRouteOptions,
+    /// Input validation for these paths; none by default.
+    pub validate: Option<ValidationOptions>,
+}
+
+impl RouteOptions {
+    /// A route for the paths under `prefix` with every setting at its default.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+            headers: SecurityHeadersOptions::default(),
+            csp: None,
+            csrf: CsrfRouteOptions::default(),
+            validate: None,
+        }
+    }
+}
+
+/// The JSON Schema in a route's `json_schema_file`, if it names one.
+pub fn schema_file(options: &ValidationOptions) -> Result<Option<serde_json::Value>, String> {
+    let Some(path) = &options.json_schema_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|err| format!("{} is not JSON: {err}", path.display()))
 }
 
 fn default_listen() -> SocketAddr {
@@ -280,48 +315,8 @@ fn optional_socket_addr<'de, D: Deserializer<'de>>(
     socket_addr(deserializer).map(Some)
 }
 
-/// A size in bytes: a number, or text like `10 MiB` or `512KB`.
-fn byte_count<'de, D, T>(deserializer: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: TryFrom<u64>,
-{
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        Bytes(u64),
-        Text(String),
-    }
-    let bytes = match Size::deserialize(deserializer)? {
-        Size::Bytes(bytes) => bytes,
-        Size::Text(text) => text
-            .parse::<bytesize::ByteSize>()
-            .map_err(|_| {
-                serde::de::Error::custom(format!(
-                    "`{text}` is not a size; write a number of bytes, or like 10 MiB or 512 KB"
-                ))
-            })?
-            .as_u64(),
-    };
-    T::try_from(bytes).map_err(|_| {
-        serde::de::Error::custom(format!("{bytes} bytes is more than this machine can count"))
-    })
-}
-
-fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    parse_duration(&text).ok_or_else(|| {
-        serde::de::Error::custom(format!(
-            "`{text}` is not a duration; write it like 10s, 500ms or 2m"
-        ))
-    })
-}
-
-/// `10s`, `500ms`, `2m`, `1h`, or a combination such as `1m 30s`.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let duration: jiff::SignedDuration = text.trim().parse().ok()?;
-    Duration::try_from(duration).ok()
-}
+pub use palisade_guard::settings::parse_duration;
+use palisade_guard::settings::{byte_count, duration};
 
 impl GatewayOptions {
     /// Options for one upstream with every default.
@@ -340,6 +335,7 @@ impl GatewayOptions {
             routes: Vec::new(),
             security_txt: None,
             csp_report: None,
+            csrf: CsrfOptions::default(),
             client_ip: ClientIpOptions::default(),
             limits: Limits::default(),
             timeouts: Timeouts::default(),
@@ -394,6 +390,16 @@ impl GatewayOptions {
                     bad(&format!("routes[{index}].csp.{}", err.setting), err.message)
                 })?;
             }
+            if let Some(rules) = &route.validate {
+                let setting = format!("routes[{index}].validate.json_schema_file");
+                let schema = schema_file(rules).map_err(|message| bad(&setting, message))?;
+                rules.validate(schema.as_ref()).map_err(|err| {
+                    bad(
+                        &format!("routes[{index}].validate.{}", err.setting),
+                        err.message,
+                    )
+                })?;
+            }
         }
         if let Some(report) = &self.csp_report
             && !report.path.starts_with('/')
@@ -403,6 +409,9 @@ impl GatewayOptions {
                 format!("`{}` must start with /", report.path),
             ));
         }
+        self.csrf
+            .validate()
+            .map_err(|err| bad(&format!("csrf.{}", err.setting), err.message))?;
         self.validate_waf()?;
         if let Some(txt) = &self.security_txt {
             txt.validate()

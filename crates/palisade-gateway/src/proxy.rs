@@ -10,21 +10,19 @@ use std::{
     task::{Context, Poll},
 };
 
-use bytes::Bytes;
 use http::{
     Extensions, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version,
     header,
 };
-use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper_util::{client::legacy::Client, rt::TokioIo};
 use palisade_guard::{
-    Body, BoxError, BoxFuture, ClientAddr, Peer, Rejection, RejectionKind, host, reject::error_page,
+    Body, BoxFuture, ClientAddr, Peer, Rejection, RejectionKind, host, reject::error_page,
 };
 use tower::Service;
 
 use crate::{
-    body_timeout::{BodyReadTimeout, BodyTimeout, ClientBodyError},
+    body_timeout::{BodyReadTimeout, ClientBodyError, ended_early},
     options::{HostHeader, Limits, Timeouts},
     strict,
     upstream::{Connector, Pool, Upstream},
@@ -109,11 +107,7 @@ impl Proxy {
     }
 }
 
-impl<B> Service<Request<B>> for Proxy
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
+impl Service<Request<Body>> for Proxy {
     type Response = Response<Body>;
     type Error = Infallible;
     type Future = BoxFuture<Result<Response<Body>, Infallible>>;
@@ -122,7 +116,7 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         let shared = self.shared.clone();
         Box::pin(async move { Ok(shared.forward(req).await) })
     }
@@ -162,11 +156,7 @@ impl Asked {
 }
 
 impl Shared {
-    async fn forward<B>(&self, mut req: Request<B>) -> Response<Body>
-    where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
+    async fn forward(&self, mut req: Request<Body>) -> Response<Body> {
         if let Err(rejection) = strict::check(&req, &self.limits) {
             return rejection.respond_to(&req);
         }
@@ -208,11 +198,7 @@ impl Shared {
     }
 
     /// The request as the upstream gets it: its target, `Host`, forwarding headers, body.
-    fn outgoing<B>(&self, req: Request<B>, upstream: &Upstream, upgrade: bool) -> Request<Body>
-    where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
+    fn outgoing(&self, req: Request<Body>, upstream: &Upstream, upgrade: bool) -> Request<Body> {
         let (mut parts, body) = req.into_parts();
         let tls = parts.extensions.get::<Peer>().is_none_or(|peer| peer.tls);
         let client = parts
@@ -250,9 +236,7 @@ impl Shared {
             .parse()
             .expect("a checked authority and a target starting with / form a URI");
         parts.version = Version::HTTP_11;
-        let limit = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
-        let body = BodyTimeout::new(Limited::new(body, limit), self.timeouts.body_read);
-        Request::from_parts(parts, Body::new(body))
+        Request::from_parts(parts, body)
     }
 
     fn failed(
@@ -270,7 +254,7 @@ impl Shared {
             return asked.reject(rejection);
         }
         if let Some(body) = find::<ClientBodyError>(err) {
-            if body.ended_early() {
+            if ended_early(body) {
                 tracing::debug!(target: "palisade::gateway", error = %body, "the client's body ended early");
                 return asked.error(StatusCode::BAD_REQUEST, "The request body ended early.");
             }

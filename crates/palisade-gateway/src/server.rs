@@ -4,6 +4,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{Request, Response};
+use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -11,8 +12,9 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use palisade_guard::{
-    Body, BoxError, ClientIpLayer, CspLayer, CspReportLayer, HttpsRedirectLayer,
-    HttpsRedirectOptions, Peer, RejectionKind, SecurityHeadersLayer, SecurityTxtLayer,
+    Body, BoxError, ClientIpLayer, CspLayer, CspReportLayer, CsrfKey, CsrfLayer,
+    HttpsRedirectLayer, HttpsRedirectOptions, Peer, RejectionKind, SecurityHeadersLayer,
+    SecurityTxtLayer, ValidateLayer,
 };
 use palisade_waf::WafLayer;
 use tokio::{
@@ -25,9 +27,11 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::{
     Error, GatewayOptions,
+    body_timeout::BodyTimeout,
+    csrf_key,
     framing::{RefuseFlaggedLayer, Verdicts, Watched, Watcher},
     idle::IdleTimeout,
-    options::upstream_uri,
+    options::{self, upstream_uri},
     proxy::{Proxy, ProxyOptions},
     tls::{self, CertSource, CertStore, SelfSigned},
     upstream::{self, Connector, Pool},
@@ -45,6 +49,7 @@ pub struct Gateway {
     certs: Arc<CertStore>,
     pool: Arc<Pool>,
     connector: Connector,
+    csrf_key: CsrfKey,
     waf: Option<Arc<dyn palisade_waf::RuleEngine>>,
 }
 
@@ -112,6 +117,7 @@ impl Gateway {
             pool: Arc::new(Pool::new(uris)),
             connector,
             certs,
+            csrf_key: csrf_key::load(&options.csrf)?,
             https,
             http,
             options,
@@ -158,6 +164,8 @@ impl Gateway {
             idle: options.timeouts.idle,
             max_head: options.limits.max_header_bytes,
             max_headers: options.limits.max_headers,
+            body_limit: usize::try_from(options.limits.max_body_bytes).unwrap_or(usize::MAX),
+            body_read: options.timeouts.body_read,
         };
 
         let https = listeners.accept(self.https, Some(self.acceptor.clone()), https_service);
@@ -213,6 +221,23 @@ impl Gateway {
                 )
                 .map_err(|err| bad(format!("routes.csp.{}", err.setting), err.message))?;
         }
+        let mut csrf = CsrfLayer::new(&options.csrf, self.csrf_key.clone())
+            .map_err(|err| bad(format!("csrf.{}", err.setting), err.message))?;
+        for route in &options.routes {
+            csrf = csrf.with_route(&route.prefix, &route.csrf);
+        }
+        let mut validate = ValidateLayer::new(std::slice::from_ref(&options.csrf.field));
+        for (index, route) in options.routes.iter().enumerate() {
+            let Some(rules) = &route.validate else {
+                continue;
+            };
+            let setting = |field: &str| format!("routes[{index}].validate.{field}");
+            let schema = options::schema_file(rules)
+                .map_err(|message| bad(setting("json_schema_file"), message))?;
+            validate = validate
+                .with_route(&route.prefix, rules, schema.as_ref())
+                .map_err(|err| bad(setting(&err.setting), err.message))?;
+        }
         let security_txt = options
             .security_txt
             .as_ref()
@@ -226,12 +251,13 @@ impl Gateway {
             .layer(RefuseFlaggedLayer)
             .option_layer(security_txt)
             .option_layer(options.csp_report.clone().map(CspReportLayer::new))
+            .layer(csrf)
+            .layer(validate)
             .option_layer(self.waf.clone().map(|engine| {
                 WafLayer::new(
                     engine,
                     &options.waf,
                     options.limits.max_body_bytes,
-                    options.timeouts.body_read,
                     self.local_addr(),
                 )
             }))
@@ -271,12 +297,8 @@ fn hyper_refusal(
 
 /// What a listener serves: a cloneable service from requests to streaming responses.
 trait GatewayService:
-    Service<
-        Request<Incoming>,
-        Response = Response<Body>,
-        Error: Into<BoxError>,
-        Future: Send + 'static,
-    > + Clone
+    Service<Request<Body>, Response = Response<Body>, Error: Into<BoxError>, Future: Send + 'static>
+    + Clone
     + Send
     + 'static
 {
@@ -284,7 +306,7 @@ trait GatewayService:
 
 impl<S> GatewayService for S where
     S: Service<
-            Request<Incoming>,
+            Request<Body>,
             Response = Response<Body>,
             Error: Into<BoxError>,
             Future: Send + 'static,
@@ -331,6 +353,8 @@ struct Listeners {
     idle: Duration,
     max_head: usize,
     max_headers: usize,
+    body_limit: usize,
+    body_read: Duration,
 }
 
 impl Listeners {
@@ -368,6 +392,8 @@ impl Listeners {
                 max_head: self.max_head,
                 max_headers: self.max_headers,
                 header_read: self.header_read,
+                body_limit: self.body_limit,
+                body_read: self.body_read,
             };
             let (tls, service, header_read) = (tls.clone(), service.clone(), self.header_read);
             tokio::spawn(async move {
@@ -385,6 +411,8 @@ struct Connection {
     idle: Duration,
     max_head: usize,
     max_headers: usize,
+    body_limit: usize,
+    body_read: Duration,
 }
 
 impl Connection {
@@ -419,7 +447,13 @@ impl Connection {
         let peer = self.peer;
         let verdicts = Verdicts::default();
         let watcher = Watcher::new(verdicts.clone(), self.max_head, self.max_headers);
-        let service = service.map_request(move |mut req: Request<Incoming>| {
+        let body_limit = self.body_limit;
+        let body_read = self.body_read;
+        let service = service.map_request(move |req: Request<Incoming>| {
+            // Every layer reads the body through the size limit and the read timeout.
+            let (parts, body) = req.into_parts();
+            let body = BodyTimeout::new(Limited::new(body, body_limit), body_read);
+            let mut req = Request::from_parts(parts, Body::new(body));
             req.extensions_mut().insert(peer);
             // HTTP/1 requests arrive in the order of their heads; HTTP/2 has no verdicts.
             if req.version() <= http::Version::HTTP_11 {

@@ -27,6 +27,16 @@ fn chromium() -> PathBuf {
 
 /// The page's DOM after its scripts ran, as Chromium saw it.
 async fn dom_of(url: &str) -> String {
+    let (success, dom, stderr) = load(url).await;
+    assert!(
+        success && dom.contains("<h1>Shop</h1>"),
+        "chromium: {stderr}\n{dom}"
+    );
+    dom
+}
+
+/// Chromium's exit, the DOM it ended with and what it said on stderr, after loading `url`.
+async fn load(url: &str) -> (bool, String, String) {
     let profile = tempfile::tempdir().unwrap();
     let output = tokio::process::Command::new(chromium())
         .args([
@@ -46,13 +56,11 @@ async fn dom_of(url: &str) -> String {
         .output()
         .await
         .unwrap();
-    let dom = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success() && dom.contains("<h1>Shop</h1>"),
-        "chromium: {}\n{dom}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    dom
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 async fn gateway(csp: CspOptions) -> (Upstream, TestGateway) {
@@ -93,4 +101,32 @@ async fn without_nonces_the_policy_blocks_the_pages_own_script_too() {
     let dom = dom_of(&gateway.url("/page")).await;
     assert!(!dom.contains("data-inline"), "{dom}");
     assert!(!dom.contains("data-xss"), "{dom}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unchanged_app_sends_its_csrf_token_with_fetch_xhr_and_forms() {
+    let (upstream, gateway) = gateway(CspOptions::default()).await;
+    let (success, dom, stderr) = load(&gateway.url("/app")).await;
+    assert!(success, "chromium: {stderr}\n{dom}");
+    // The gateway refuses a cookie-carrying post without a valid token, so each request that
+    // reached the upstream passed the check.
+    let received = upstream.received();
+    let reached = |path: &str| received.iter().find(|r| r.target == path).cloned();
+    for path in ["/api/save", "/api/xhr"] {
+        let request = reached(path).unwrap_or_else(|| panic!("{path} never arrived: {dom}"));
+        assert!(
+            request.headers.contains_key("x-csrf-token"),
+            "{path}: {:?}",
+            request.headers
+        );
+        assert!(
+            request.headers.contains_key("cookie"),
+            "{path}: {:?}",
+            request.headers
+        );
+    }
+    let submitted = reached("/submit").unwrap_or_else(|| panic!("the form was not sent: {dom}"));
+    let body = String::from_utf8_lossy(&submitted.body);
+    assert!(body.starts_with("palisade_csrf="), "{body}");
+    assert!(body.ends_with("&q=1"), "{body}");
 }

@@ -76,9 +76,20 @@ async fn every_refusal_emits_one_security_event() {
     options.hosts = vec!["localhost".into()];
     options.timeouts.header_read = Duration::from_millis(300);
     options.csp_report = Some(Default::default());
+    options.routes = vec![palisade_gateway::RouteOptions {
+        csrf: palisade_guard::CsrfRouteOptions {
+            mode: Some(palisade_guard::CsrfMode::LogOnly),
+            json: false,
+        },
+        ..palisade_gateway::RouteOptions::new("/beta")
+    }];
+    options.routes.push(palisade_gateway::RouteOptions {
+        validate: Some(toml::from_str("params.id = { type = \"integer\" }").unwrap()),
+        ..palisade_gateway::RouteOptions::new("/orders")
+    });
     let gateway = TestGateway::start(options).await;
 
-    let cases: [(&[u8], &str, &str, &str, &str); 4] = [
+    let cases: [(&[u8], &str, &str, &str, &str); 8] = [
         (
             b"POST /upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\
               Connection: close\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
@@ -109,10 +120,46 @@ async fn every_refusal_emits_one_security_event() {
             "",
             "reject",
         ),
+        (
+            b"POST /account HTTP/1.1\r\nHost: localhost\r\nCookie: sid=1\r\n\
+              Content-Length: 0\r\nConnection: close\r\n\r\n",
+            "csrf",
+            "csrf-token-missing",
+            "/account",
+            "reject",
+        ),
+        (
+            b"DELETE /account HTTP/1.1\r\nHost: localhost\r\nSec-Fetch-Site: cross-site\r\n\
+              Connection: close\r\n\r\n",
+            "csrf",
+            "csrf-cross-site",
+            "/account",
+            "reject",
+        ),
+        (
+            b"POST /beta/account HTTP/1.1\r\nHost: localhost\r\nOrigin: https://evil.example\r\n\
+              Content-Length: 0\r\nConnection: close\r\n\r\n",
+            "csrf",
+            "csrf-origin-mismatch",
+            "/beta/account",
+            "log",
+        ),
+        (
+            b"GET /orders?id=1%20OR%201=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            "invalid_input",
+            "param-type",
+            "/orders",
+            "reject",
+        ),
     ];
     for (raw, kind, rule, route, action) in cases {
         let answer = gateway.raw(raw).await;
-        assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // Only a log-only rule lets the request through.
+        assert_eq!(
+            answer.starts_with("HTTP/1.1 200"),
+            action == "log",
+            "{answer}"
+        );
         let events = take(&recorder, 1).await;
         assert_eq!(events.len(), 1, "{kind}: {events:?}");
         let event = &events[0];

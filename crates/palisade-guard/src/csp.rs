@@ -12,22 +12,22 @@
 use std::{
     borrow::Cow,
     collections::BTreeMap,
-    pin::Pin,
-    sync::{Arc, Mutex},
-    task::{Context, Poll, ready},
+    sync::{Arc, OnceLock},
+    task::{Context, Poll},
 };
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body::Frame;
-use lol_html::{
-    AsciiCompatibleEncoding, MemorySettings, OutputSink, Selector, send::ElementContentHandlers,
-};
+use http::{HeaderName, HeaderValue, Method, Request, Response, header};
+use lol_html::{AsciiCompatibleEncoding, Selector, send::ElementContentHandlers};
 use serde::Deserialize;
 use tower::{Layer, Service};
 
-use crate::{Body, BoxError, BoxFuture, route::Routes};
+use crate::{
+    Body, BoxError, BoxFuture,
+    rewrite::{self, RewrittenBody, accepts_html, has_body, rewritable_html},
+    route::Routes,
+};
 
 /// Whether the policy blocks or only reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -384,7 +384,12 @@ impl Prepared {
         self.mode != CspMode::Off && (self.scripts.is_some() || self.styles.is_some())
     }
 
-    fn apply<B>(&self, response: Response<B>, head: bool) -> Response<Body>
+    fn apply<B>(
+        &self,
+        response: Response<B>,
+        head: bool,
+        nonce: Option<PageNonce>,
+    ) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -404,8 +409,9 @@ impl Prepared {
             parts.headers.insert(self.header(), self.plain.clone());
             return Response::from_parts(parts, Body::new(body));
         };
-        let nonce = fresh_nonce();
-        let policy = self.policy.render(Some(&nonce), &self.nonce_in);
+        let nonce = nonce.unwrap_or_default();
+        let nonce = nonce.get();
+        let policy = self.policy.render(Some(nonce), &self.nonce_in);
         let Ok(value) = HeaderValue::from_str(&policy) else {
             parts.headers.insert(self.header(), self.plain.clone());
             return Response::from_parts(parts, Body::new(body));
@@ -418,39 +424,22 @@ impl Prepared {
                 .headers
                 .insert(header::CACHE_CONTROL, cache_control.clone());
         }
-        let body = NonceBody::new(body, self, &nonce, encoding);
+        let settings = nonce_settings(self, nonce, encoding);
+        let body = RewrittenBody::new(body, settings, "CSP nonces");
         Response::from_parts(parts, Body::new(body))
     }
 }
 
-/// Whether a response with `status` carries a body (RFC 9110 section 6.4.1).
-fn has_body(status: StatusCode) -> bool {
-    !(status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED)
-}
+/// The nonce of the page a request will get, made when first asked for. The CSP layer puts it
+/// in the request's extensions for the layers inside it, so that code they add to a page (the
+/// CSRF script) carries the nonce the policy names.
+#[derive(Debug, Clone, Default)]
+pub struct PageNonce(Arc<OnceLock<String>>);
 
-/// The charset of an HTML response with identity encoding that lol_html can rewrite.
-fn rewritable_html(headers: &HeaderMap) -> Option<AsciiCompatibleEncoding> {
-    let encoded = headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    if encoded {
-        return None;
-    }
-    let content_type = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-    let mut params = content_type.split(';').map(str::trim);
-    if !params.next()?.eq_ignore_ascii_case("text/html") {
-        return None;
-    }
-    let charset = params
-        .filter_map(|p| p.split_once('='))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("charset"))
-        .map(|(_, value)| value.trim().trim_matches('"'));
-    match charset {
-        None => Some(AsciiCompatibleEncoding::utf_8()),
-        Some(label) => encoding_rs::Encoding::for_label_no_replacement(label.as_bytes())
-            .and_then(AsciiCompatibleEncoding::new),
+impl PageNonce {
+    /// The nonce, the same for every caller.
+    pub fn get(&self) -> &str {
+        self.0.get_or_init(fresh_nonce)
     }
 }
 
@@ -461,139 +450,24 @@ fn fresh_nonce() -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// Whether the request is a page load, whose answer may need its nonces: it accepts HTML.
-fn accepts_html(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.to_ascii_lowercase().contains("text/html"))
-}
-
-/// Where the rewriter writes its output, for the body to hand on.
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl OutputSink for Sink {
-    fn handle_chunk(&mut self, chunk: &[u8]) {
-        if let Ok(mut out) = self.0.lock() {
-            out.extend_from_slice(chunk);
-        }
+/// The rewriter settings that put `nonce` on the trusted elements.
+fn nonce_settings<'s>(
+    prepared: &'s Prepared,
+    nonce: &str,
+    encoding: AsciiCompatibleEncoding,
+) -> lol_html::send::Settings<'static, 's> {
+    let mut settings = rewrite::settings(encoding);
+    for selector in [&prepared.scripts, &prepared.styles].into_iter().flatten() {
+        let nonce = nonce.to_string();
+        let handlers = ElementContentHandlers::default().element(
+            move |element: &mut lol_html::send::Element<'_, '_>| {
+                element.set_attribute("nonce", &nonce)?;
+                Ok(())
+            },
+        );
+        settings = settings.append_element_content_handler((Cow::Borrowed(selector), handlers));
     }
-}
-
-/// The most the rewriter may buffer of one tag split across chunks before it passes the rest
-/// of the page through unchanged (so without further nonces).
-const REWRITER_MEMORY: usize = 1024 * 1024;
-
-/// A page body, rewritten as it streams to put the nonce on the trusted elements.
-struct NonceBody<B> {
-    inner: Pin<Box<B>>,
-    rewriter: Option<lol_html::send::HtmlRewriter<'static, Sink>>,
-    out: Arc<Mutex<Vec<u8>>>,
-    trailers: Option<HeaderMap>,
-    done: bool,
-}
-
-impl<B> NonceBody<B> {
-    fn new(inner: B, prepared: &Prepared, nonce: &str, encoding: AsciiCompatibleEncoding) -> Self {
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let mut settings = lol_html::send::Settings::new_send()
-            .with_encoding(encoding)
-            .with_memory_settings(
-                MemorySettings::new()
-                    .with_max_allowed_memory_usage(REWRITER_MEMORY)
-                    .with_graceful_bail_out_on_memory_limit_exceeded(true),
-            );
-        for selector in [&prepared.scripts, &prepared.styles].into_iter().flatten() {
-            let nonce = nonce.to_string();
-            let handlers = ElementContentHandlers::default().element(
-                move |element: &mut lol_html::send::Element<'_, '_>| {
-                    element.set_attribute("nonce", &nonce)?;
-                    Ok(())
-                },
-            );
-            settings = settings.append_element_content_handler((Cow::Borrowed(selector), handlers));
-        }
-        let rewriter = lol_html::send::HtmlRewriter::new(settings, Sink(out.clone()));
-        Self {
-            inner: Box::pin(inner),
-            rewriter: Some(rewriter),
-            out,
-            trailers: None,
-            done: false,
-        }
-    }
-
-    fn take_output(&self) -> Option<Bytes> {
-        let mut out = self.out.lock().ok()?;
-        (!out.is_empty()).then(|| Bytes::from(std::mem::take(&mut *out)))
-    }
-
-    fn finish(&mut self) -> Result<(), BoxError> {
-        self.done = true;
-        match self.rewriter.take() {
-            Some(rewriter) => rewriter.end().map_err(rewrite_failed),
-            None => Ok(()),
-        }
-    }
-}
-
-fn rewrite_failed(err: lol_html::errors::RewritingError) -> BoxError {
-    tracing::warn!(target: "palisade::gateway", error = %err, "cannot add CSP nonces to a page; its response was cut off");
-    format!("CSP nonce rewriting: {err}").into()
-}
-
-impl<B> http_body::Body for NonceBody<B>
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        loop {
-            if let Some(bytes) = this.take_output() {
-                return Poll::Ready(Some(Ok(Frame::data(bytes))));
-            }
-            if this.done {
-                return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
-            }
-            match ready!(this.inner.as_mut().poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        if let Some(rewriter) = &mut this.rewriter
-                            && let Err(err) = rewriter.write(&data)
-                        {
-                            this.rewriter = None;
-                            this.done = true;
-                            return Poll::Ready(Some(Err(rewrite_failed(err))));
-                        }
-                    }
-                    Err(frame) => {
-                        this.trailers = frame.into_trailers().ok();
-                        if let Err(err) = this.finish() {
-                            return Poll::Ready(Some(Err(err)));
-                        }
-                    }
-                },
-                Some(Err(err)) => {
-                    this.rewriter = None;
-                    this.done = true;
-                    return Poll::Ready(Some(Err(err.into())));
-                }
-                None => {
-                    if let Err(err) = this.finish() {
-                        return Poll::Ready(Some(Err(err)));
-                    }
-                }
-            }
-        }
-    }
+    settings
 }
 
 /// Sets the policy on every response and nonces on its pages; see the module documentation.
@@ -661,19 +535,28 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let prepared = self.routes.for_path(req.uri().path()).clone();
         let head = req.method() == Method::HEAD;
+        let mut nonce = None;
         if prepared.rewrites() && accepts_html(req.headers()) {
             req.headers_mut().remove(header::ACCEPT_ENCODING);
+            let page = PageNonce::default();
+            req.extensions_mut().insert(page.clone());
+            nonce = Some(page);
         }
         let future = self.inner.call(req);
         Box::pin(async move {
             let response = future.await?;
-            Ok(prepared.apply(response, head))
+            Ok(prepared.apply(response, head, nonce))
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::{pin::Pin, sync::Mutex};
+
+    use http::HeaderMap;
+    use http_body::Frame;
+
     use super::*;
 
     #[test]
@@ -945,7 +828,7 @@ mod tests {
                     b"<script nonce=upstream>",
                 )))
                 .unwrap();
-            let response = prepared.apply(response, false);
+            let response = prepared.apply(response, false, None);
             assert_eq!(response.headers()[own], "script-src 'nonce-upstream'");
             assert_eq!(response.headers().len(), 2, "{:?}", response.headers());
         }
@@ -960,7 +843,7 @@ mod tests {
             .header(header::CONTENT_TYPE, "text/html")
             .body(Chunks([Bytes::from_static(page.as_bytes())].into()))
             .unwrap();
-        let body = prepared.apply(response, false).into_body();
+        let body = prepared.apply(response, false, None).into_body();
         assert!(body.collect().await.is_err(), "the ambiguous page went out");
     }
 }

@@ -9,23 +9,29 @@ pub mod body;
 pub mod client_ip;
 pub mod csp;
 pub mod csp_report;
+pub mod csrf;
 pub mod headers;
 pub mod host;
 pub mod redirect;
 pub mod reject;
+mod rewrite;
 mod route;
 pub mod sanitize;
 pub mod security_txt;
+pub mod settings;
+pub mod validate;
 
 pub use body::{Body, BoxError};
 pub use client_ip::{ClientAddr, ClientIpLayer, ClientIpOptions, Peer};
-pub use csp::{CspLayer, CspMode, CspOptions, CspPolicy, DirectiveValue};
+pub use csp::{CspLayer, CspMode, CspOptions, CspPolicy, DirectiveValue, PageNonce};
 pub use csp_report::{CspReportLayer, CspReportOptions};
+pub use csrf::{CsrfKey, CsrfLayer, CsrfMode, CsrfOptions, CsrfRouteOptions};
 pub use headers::{CookieOptions, SameSite, SecurityHeadersLayer, SecurityHeadersOptions};
 pub use redirect::{HttpsRedirectLayer, HttpsRedirectOptions};
 pub use reject::{Rejection, RejectionKind};
 pub use sanitize::{SanitizeOptions, Sanitizer};
 pub use security_txt::{SecurityTxtLayer, SecurityTxtOptions};
+pub use validate::{ValidateLayer, ValidationOptions};
 
 /// A boxed future, as the services of this crate return.
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;

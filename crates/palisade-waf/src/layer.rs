@@ -6,14 +6,12 @@ use std::{
     net::SocketAddr,
     sync::Arc,
     task::{Context, Poll},
-    time::Duration,
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{Request, Response, StatusCode, Version, request::Parts};
-use http_body_util::BodyExt;
 use palisade_guard::{
-    Body, BoxError, BoxFuture, ClientAddr, Peer, Rejection, RejectionKind, reject,
+    Body, BoxError, BoxFuture, ClientAddr, Peer, Rejection, RejectionKind, body, reject,
 };
 use tower::{Layer, Service};
 
@@ -33,8 +31,7 @@ struct Shared {
     engine: Arc<dyn RuleEngine>,
     detect_only: bool,
     normalize: bool,
-    max_body_bytes: u64,
-    body_read: Duration,
+    max_body_bytes: usize,
     server: SocketAddr,
 }
 
@@ -48,13 +45,12 @@ impl std::fmt::Debug for WafLayer {
 }
 
 impl WafLayer {
-    /// A layer for `engine`, reading bodies of at most `max_body_bytes` with at most
-    /// `body_read` between their pieces; `server` is the listening address the engine is told.
+    /// A layer for `engine`, reading bodies of at most `max_body_bytes`; `server` is the
+    /// listening address the engine is told.
     pub fn new(
         engine: Arc<dyn RuleEngine>,
         options: &WafOptions,
         max_body_bytes: u64,
-        body_read: Duration,
         server: SocketAddr,
     ) -> Self {
         Self {
@@ -62,8 +58,7 @@ impl WafLayer {
                 engine,
                 detect_only: options.detect_only,
                 normalize: options.normalize,
-                max_body_bytes,
-                body_read,
+                max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
                 server,
             }),
         }
@@ -99,7 +94,7 @@ where
     S: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ReqBody: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    ReqBody: http_body::Body<Data = Bytes> + Send + 'static,
     ReqBody::Error: Into<BoxError>,
     ResBody: From<Bytes> + Send + 'static,
 {
@@ -118,16 +113,11 @@ where
         let shared = self.shared.clone();
         Box::pin(async move {
             let (parts, body) = req.into_parts();
-            let body = match read_body(body, &shared).await {
+            // The body carries the listener's size limit and read timeout already.
+            let body = match body::read_whole(body, shared.max_body_bytes).await {
                 Ok(body) => body,
-                Err(BodyError::Refused(rejection)) => {
+                Err(rejection) => {
                     return Ok(rejection.respond(&parts.uri, &parts.headers, &parts.extensions));
-                }
-                Err(BodyError::EndedEarly) => {
-                    let message = "The request body ended early.";
-                    let page =
-                        reject::error_page(StatusCode::BAD_REQUEST, message, None, &parts.headers);
-                    return Ok(page);
                 }
             };
             let view = view_of(&parts, &body, shared.server);
@@ -224,56 +214,6 @@ pub fn inspect(
         }
     }
     Ok(verdict)
-}
-
-/// Why a body could not be read.
-enum BodyError {
-    /// A refusal with its security event: too large, too slow, malformed.
-    Refused(Rejection),
-    /// The client went away before the body ended: no attack, no event.
-    EndedEarly,
-}
-
-/// The whole body, within the size limit and the read timeout.
-async fn read_body<B>(mut body: B, shared: &Shared) -> Result<Bytes, BodyError>
-where
-    B: http_body::Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    let mut buffer = BytesMut::new();
-    if body.is_end_stream() {
-        return Ok(buffer.freeze());
-    }
-    loop {
-        let frame = tokio::time::timeout(shared.body_read, body.frame()).await;
-        let frame = match frame {
-            Err(_) => {
-                let rejection = Rejection::new(RejectionKind::SlowBody, "body-read-timeout");
-                return Err(BodyError::Refused(rejection));
-            }
-            Ok(None) => return Ok(buffer.freeze()),
-            Ok(Some(Err(err))) => {
-                let err: BoxError = err.into();
-                let early = err
-                    .downcast_ref::<hyper::Error>()
-                    .is_some_and(hyper::Error::is_incomplete_message);
-                if early {
-                    return Err(BodyError::EndedEarly);
-                }
-                let rejection = Rejection::new(RejectionKind::Malformed, "request-body-malformed");
-                return Err(BodyError::Refused(rejection));
-            }
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        if (buffer.len() + data.len()) as u64 > shared.max_body_bytes {
-            let rejection = Rejection::new(RejectionKind::BodyTooLarge, "max-body-bytes");
-            return Err(BodyError::Refused(rejection));
-        }
-        buffer.extend_from_slice(&data);
-    }
 }
 
 /// The request target as the client wrote it: a path and query; on HTTP/1, a whole URL

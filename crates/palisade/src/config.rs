@@ -286,6 +286,13 @@ impl Config {
             for files in &mut gateway.tls.certificates {
                 fix(&mut files.cert);
                 fix(&mut files.key);
+                files.ocsp.as_mut().map(fix);
+            }
+            gateway.csrf.key_file.as_mut().map(fix);
+            for route in &mut gateway.routes {
+                if let Some(rules) = route.validate.as_mut() {
+                    rules.json_schema_file.as_mut().map(fix);
+                }
             }
         }
         if let Some(pitr) = self.pitr.as_mut() {

@@ -66,7 +66,12 @@ pub fn run(global: &Global, args: &GatewayArgs, config_required: bool) -> Result
         return self_signed(global, host, out);
     }
     let config = Config::load(&global.config, config_required)?;
-    let options = options(config.gateway, args)?;
+    let state_dir = crate::state::state_dir(&config);
+    let mut options = options(config.gateway, args)?;
+    // The CSRF key lives in the state directory unless the config names its file.
+    if options.csrf.key_file.is_none() {
+        options.csrf.key_file = state_dir.map(|dir| dir.join("csrf.key"));
+    }
     let self_signed = if options.tls.certificates.is_empty() {
         let hosts = if options.hosts.is_empty() {
             vec!["localhost".to_string()]

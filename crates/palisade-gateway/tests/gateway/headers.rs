@@ -146,11 +146,7 @@ async fn http2_responses_are_hardened_and_bodies_forwarded() {
 async fn a_route_gets_its_own_header_settings() {
     let upstream = Upstream::start().await;
     let mut options = options(&upstream);
-    let mut embed = palisade_gateway::RouteOptions {
-        prefix: "/embed".into(),
-        headers: Default::default(),
-        csp: None,
-    };
+    let mut embed = palisade_gateway::RouteOptions::new("/embed");
     embed.headers.frame_options = palisade_guard::headers::FrameOptions::SameOrigin;
     options.routes.push(embed);
     let gateway = TestGateway::start(options).await;
@@ -262,9 +258,14 @@ async fn pages_get_a_fresh_nonce_on_their_inline_code_and_are_not_cached() {
     );
     assert!(policy.contains("object-src 'none'"), "{policy}");
     let body = String::from_utf8(body.to_vec()).unwrap();
+    // The page's own script and style, and the CSRF layer's script.
     assert_eq!(
         body.matches(&format!(" nonce=\"{nonce}\"")).count(),
-        2,
+        3,
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("<script nonce=\"{nonce}\">(() =>")),
         "{body}"
     );
     assert!(
@@ -301,12 +302,11 @@ async fn a_route_can_try_its_policy_report_only() {
     let upstream = Upstream::start().await;
     let mut options = options(&upstream);
     options.routes = vec![palisade_gateway::RouteOptions {
-        prefix: "/page".into(),
-        headers: Default::default(),
         csp: Some(palisade_guard::CspOptions {
             mode: palisade_guard::CspMode::ReportOnly,
             ..Default::default()
         }),
+        ..palisade_gateway::RouteOptions::new("/page")
     }];
     let gateway = TestGateway::start(options).await;
     let (response, body) = gateway.send(get("/page")).await;

@@ -216,6 +216,19 @@ async fn answer(
             headers.insert("etag", "\"page-v1\"".parse().unwrap());
             *response.body_mut() = Body::from(PAGE);
         }
+        "/app" => {
+            headers.insert("content-type", "text/html; charset=utf-8".parse().unwrap());
+            *response.body_mut() = Body::from(APP_PAGE);
+        }
+        "/form" => {
+            headers.insert("content-type", "text/html; charset=utf-8".parse().unwrap());
+            *response.body_mut() = Body::from(FORM_PAGE);
+        }
+        "/login" if parts.method == http::Method::POST => {
+            // A new session per login, as applications should.
+            let session = format!("session=s{}; Path=/; HttpOnly", log.lock().unwrap().len());
+            headers.append("set-cookie", session.parse().unwrap());
+        }
         "/page-gzip" => {
             // Not really gzip: the gateway must pass it through untouched either way.
             headers.insert("content-type", "text/html".parse().unwrap());
@@ -237,6 +250,26 @@ pub const PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><titl
 <style>h1{color:rgb(1, 2, 3)}</style></head><body><h1>Shop</h1>\
 <script>document.body.dataset.inline = 'ran';</script>\
 <img src=\"/missing.png\" onerror=\"document.body.dataset.xss = 'ran'\">\
+</body></html>";
+
+/// The application's page at `/app`: it posts with `fetch`, then `XMLHttpRequest`, then
+/// submits its form (into a frame, so that the page stays), knowing nothing of CSRF tokens.
+pub const APP_PAGE: &str = "<!doctype html><html><head><title>App</title></head><body>\
+<h1>Shop</h1><iframe name=\"sink\"></iframe>\
+<form method=\"post\" action=\"/submit\" target=\"sink\"><input name=\"q\" value=\"1\"></form>\
+<script>fetch('/api/save', {method: 'POST', headers: {'content-type': 'application/json'}, body: '{}'})\
+.then((r) => { document.body.dataset.fetch = r.status;\
+const x = new XMLHttpRequest(); x.open('POST', '/api/xhr');\
+x.setRequestHeader('content-type', 'application/json');\
+x.onload = () => { document.body.dataset.xhr = x.status; document.forms[0].requestSubmit(); };\
+x.send('{}'); });</script></body></html>";
+
+/// The application's page at `/form`: two forms that post (one with its method in capitals)
+/// and one that gets.
+pub const FORM_PAGE: &str = "<!doctype html><html><head><title>Account</title></head><body>\
+<form method=\"post\" action=\"/submit\"><input name=\"email\"></form>\
+<form method=POST action=\"/other\"><input name=\"x\"></form>\
+<form method=\"get\" action=\"/search\"><input name=\"q\"></form>\
 </body></html>";
 
 /// A gateway on 127.0.0.1 with a self-signed certificate for `localhost`.

@@ -78,6 +78,7 @@ fn curl(port: u16, extra: &[&str]) -> std::process::Output {
 
 #[test]
 fn quick_start_serves_hardened_https_with_a_self_signed_certificate() {
+    use std::os::unix::fs::PermissionsExt;
     let env = Env::new();
     let port = free_port();
     let log = env.path("gateway.log");
@@ -116,6 +117,15 @@ fn quick_start_serves_hardened_https_with_a_self_signed_certificate() {
     );
     let written = std::fs::read_to_string(&log).unwrap();
     assert!(written.contains("self-signed"), "{written}");
+    // The CSRF key is made in the state directory, readable by its owner only.
+    let key = env.path("state/csrf.key");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", key.display());
+
+    // A request that carries a cookie and changes state needs the page's CSRF token.
+    let forged = curl(port, &["--http1.1", "-X", "POST", "-H", "Cookie: sid=1"]);
+    let text = String::from_utf8_lossy(&forged.stdout);
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
 
     // A refused request is a response, and its security event reaches the log.
     let forged = curl(port, &["--http1.1", "--header", "Host: evil.example"]);
@@ -237,6 +247,16 @@ fn config_check_reads_the_gateway_section() {
             "[gateway]\nupstreams = [\"https://a/app\"]\n",
             "line 2",
             "has a path; give only https://HOST:PORT",
+        ),
+        (
+            "[gateway]\nupstreams = [\"http://a:1\"]\n[gateway.csrf]\nmode = \"log-only\"\ncookie_name = \"csrf\"\n",
+            "line 5",
+            "__Host- prefix",
+        ),
+        (
+            "[gateway]\nupstreams = [\"http://a:1\"]\n[[gateway.routes]]\nprefix = \"/hooks\"\ncsrf = { mode = \"exempt\" }\n",
+            "line 5",
+            "unknown variant `exempt`",
         ),
         (
             "[gateway]\nupstreams = [\"http://a:1\"]\n[[gateway.tls.certificates]]\ncert = \"nope.pem\"\nkey = \"nope.key\"\n",
