@@ -255,14 +255,9 @@ impl ValidationOptions {
         for (name, rule) in &self.params {
             let setting = |field: &str| format!("params.{name}.{field}");
             let pattern = match &rule.pattern {
-                Some(pattern) => Some(regex::Regex::new(&format!("^(?:{pattern})$")).map_err(
-                    |err| {
-                        bad(
-                            setting("pattern"),
-                            format!("not a regular expression: {err}"),
-                        )
-                    },
-                )?),
+                Some(pattern) => {
+                    Some(whole_match(pattern).map_err(|err| bad(setting("pattern"), err))?)
+                }
                 None => None,
             };
             if let (Some(min), Some(max)) = (rule.min_length, rule.max_length)
@@ -707,6 +702,22 @@ fn check_value(
         );
     }
     Ok(())
+}
+
+/// A regular expression that matches `pattern` against a whole value; the error says what is
+/// wrong with the pattern as written.
+fn whole_match(pattern: &str) -> Result<regex::Regex, String> {
+    let explain = |err: regex::Error| {
+        let text = err.to_string();
+        let reason = text
+            .lines()
+            .find_map(|line| line.strip_prefix("error: "))
+            .unwrap_or(&text)
+            .to_string();
+        format!("`{pattern}` is not a regular expression: {reason}")
+    };
+    regex::Regex::new(pattern).map_err(explain)?;
+    regex::Regex::new(&format!("^(?:{pattern})$")).map_err(explain)
 }
 
 /// `text` cut to at most `max` bytes on a character boundary.

@@ -259,6 +259,11 @@ fn config_check_reads_the_gateway_section() {
             "unknown variant `exempt`",
         ),
         (
+            "[gateway]\nupstreams = [\"http://a:1\"]\n[[gateway.routes]]\nprefix = \"/api\"\nvalidate = { methods = [\"GE T\"] }\n",
+            "line 5",
+            "`GE T` is not a method",
+        ),
+        (
             "[gateway]\nupstreams = [\"http://a:1\"]\n[[gateway.tls.certificates]]\ncert = \"nope.pem\"\nkey = \"nope.key\"\n",
             "",
             "nope.pem",
