@@ -24,6 +24,9 @@
 #   BENCH_QUIET_CORES  "idle" means other processes use fewer cores than this (default 0.25)
 #   UPSTREAM_WORKERS nginx worker processes of the upstream (default 1)
 #   PALISADE_BUILD_NOTE  with PALISADE_BIN: what the binary was built from, for the report
+#   BENCH_WAF        1 (default): also the gateway with [gateway.waf] on (the OWASP CRS at paranoia level 1)
+#                    and nginx with libnginx-mod-http-modsecurity loading the same ModSecurity
+#                    configuration (printed by the palisade-waf example modsecurity-config); 0 skips them
 set -euo pipefail
 
 BENCH_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -46,6 +49,7 @@ PYTHON=${PYTHON:-python3}
 OUT_ARG=${1:-}
 OUT=$OUT_ARG
 PALISADE_BIN_GIVEN=${PALISADE_BIN:-}
+BENCH_WAF=${BENCH_WAF:-1}
 
 RESULTS=$BENCH_DIR/gateway
 LOGS=$RESULTS/logs
@@ -84,6 +88,11 @@ TMP=""
 UPSTREAM_PID=""
 PROXY_PID=""
 GATEWAY_PID=""
+WAF_PROXY_PID=""
+WAF_PROXY_WORKER_PIDS=""
+WAF_GATEWAY_PID=""
+# the proxies measured besides the direct baseline
+PROXIES=(gateway nginx)
 
 # stop_nginx PIDFILE: asks the nginx master of PIDFILE to stop (TERM) and waits for it.
 stop_nginx() {
@@ -99,16 +108,19 @@ stop_nginx() {
 cleanup() {
     local rc=$?
     set +e
-    if [[ -n $GATEWAY_PID ]] && kill -0 "$GATEWAY_PID" 2>/dev/null; then
-        kill -TERM "$GATEWAY_PID"
-        for _ in $(seq 50); do kill -0 "$GATEWAY_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$GATEWAY_PID" 2>/dev/null
-    fi
+    local g
+    for g in "$GATEWAY_PID" "$WAF_GATEWAY_PID"; do
+        [[ -n $g ]] && kill -0 "$g" 2>/dev/null || continue
+        kill -TERM "$g"
+        for _ in $(seq 50); do kill -0 "$g" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$g" 2>/dev/null
+    done
     if [[ -n $TMP ]]; then
         stop_nginx "$TMP/proxy/nginx.pid"
+        stop_nginx "$TMP/proxy-waf/nginx.pid"
         stop_nginx "$TMP/upstream/nginx.pid"
         # keep the servers' logs with the results before the temp dir goes
-        for f in upstream/error.log proxy/error.log gateway/gateway.log; do
+        for f in upstream/error.log proxy/error.log gateway/gateway.log proxy-waf/error.log gateway-waf/gateway.log; do
             [[ -f $TMP/$f ]] && cp "$TMP/$f" "$LOGS/${f//\//-}"
         done
         rm -rf "$TMP"
@@ -240,10 +252,17 @@ EOF
     wait_port "$UPSTREAM_PORT" "$UPSTREAM_PID" "upstream nginx" "$d/error.log"
 }
 
+# start_proxy [waf]: the nginx TLS proxy; with waf, a second one that runs ModSecurity with the
+# gateway's own configuration.
 start_proxy() {
-    local d=$TMP/proxy
+    local waf=${1:-} d=$TMP/proxy port=$PROXY_PORT modsec=""
+    if [[ -n $waf ]]; then
+        d=$TMP/proxy-waf port=$WAF_PROXY_PORT
+        modsec="modsecurity on; modsecurity_rules_file $TMP/modsecurity.conf;"
+    fi
     mkdir -p "$d/tmp"
     {
+        [[ -z $waf ]] || echo "load_module /usr/lib/nginx/modules/ngx_http_modsecurity_module.so;"
         echo "worker_processes auto;"
         nginx_common "$d"
         echo "http {"
@@ -255,7 +274,8 @@ start_proxy() {
         keepalive_requests 100000000;
     }
     server {
-        listen 127.0.0.1:$PROXY_PORT ssl http2 backlog=4096;
+        listen 127.0.0.1:$port ssl http2 backlog=4096;
+        $modsec
         ssl_certificate $TMP/tls/cert.pem;
         ssl_certificate_key $TMP/tls/key.pem;
         ssl_protocols TLSv1.2 TLSv1.3;
@@ -275,8 +295,13 @@ start_proxy() {
 EOF
     } >"$d/nginx.conf"
     "$NGINX_BIN" -p "$d" -e "$d/error.log" -c "$d/nginx.conf" -g 'daemon off;' >"$d/stdout.log" 2>&1 &
-    PROXY_PID=$!
-    wait_port "$PROXY_PORT" "$PROXY_PID" "nginx proxy" "$d/error.log"
+    if [[ -n $waf ]]; then
+        WAF_PROXY_PID=$!
+        wait_port "$port" "$WAF_PROXY_PID" "nginx proxy with ModSecurity" "$d/error.log"
+    else
+        PROXY_PID=$!
+        wait_port "$port" "$PROXY_PID" "nginx proxy" "$d/error.log"
+    fi
 }
 
 start_gateway() {
@@ -290,6 +315,35 @@ start_gateway() {
     wait_port "$GATEWAY_PORT" "$GATEWAY_PID" "palisade gateway" "$d/gateway.log"
 }
 
+# start_waf_gateway: the gateway with every default and [gateway.waf] enabled (paranoia level 1),
+# from a palisade.toml of its own.
+start_waf_gateway() {
+    local d=$TMP/gateway-waf
+    mkdir -p "$d"
+    cat >"$d/palisade.toml" <<EOF
+[gateway]
+listen = "127.0.0.1:$WAF_GATEWAY_PORT"
+upstreams = ["http://127.0.0.1:$UPSTREAM_PORT"]
+[[gateway.tls.certificates]]
+cert = "$TMP/tls/cert.pem"
+key = "$TMP/tls/key.pem"
+[gateway.waf]
+enabled = true
+EOF
+    (cd "$d" && exec env -u PALISADE_CONFIG -u PALISADE_LOG "$PALISADE_BIN" --config "$d/palisade.toml" gateway) \
+        >"$d/gateway.log" 2>&1 &
+    WAF_GATEWAY_PID=$!
+    wait_port "$WAF_GATEWAY_PORT" "$WAF_GATEWAY_PID" "palisade gateway with the WAF" "$d/gateway.log"
+}
+
+# modsecurity_config: the ModSecurity configuration the gateway generates (paranoia level 1), for nginx.
+modsecurity_config() {
+    log "writing the gateway's ModSecurity configuration (cargo run --release -p palisade-waf --example modsecurity-config)"
+    (cd "$REPO_ROOT" && cargo run -q --release -p palisade-waf --example modsecurity-config -- 1) \
+        >"$TMP/modsecurity.conf" 2>"$LOGS/modsecurity-config.log" ||
+        { cat "$LOGS/modsecurity-config.log" >&2; die "could not print the ModSecurity configuration"; }
+}
+
 # children PID: the pids of PID's child processes (the nginx workers of a master).
 children() { ps -o pid= --ppid "$1" 2>/dev/null | tr -d ' ' | tr '\n' ' '; }
 
@@ -301,6 +355,8 @@ url() {
         direct) echo "http://localhost:$UPSTREAM_PORT$path" ;;
         gateway) echo "https://localhost:$GATEWAY_PORT$path" ;;
         nginx) echo "https://localhost:$PROXY_PORT$path" ;;
+        gateway-waf) echo "https://localhost:$WAF_GATEWAY_PORT$path" ;;
+        nginx-waf) echo "https://localhost:$WAF_PROXY_PORT$path" ;;
     esac
 }
 
@@ -366,9 +422,12 @@ run_wrk() {
     wait_quiet
     local load1 stat0 stat1 up0 up1 px0 px1 all0 all1 rc=0
     local proxy_pids="" all_pids="$UPSTREAM_PID $UPSTREAM_WORKER_PIDS $PROXY_PID $PROXY_WORKER_PIDS $GATEWAY_PID"
+    all_pids+=" $WAF_GATEWAY_PID $WAF_PROXY_PID $WAF_PROXY_WORKER_PIDS"
     case $target in
         gateway) proxy_pids=$GATEWAY_PID ;;
         nginx) proxy_pids="$PROXY_PID $PROXY_WORKER_PIDS" ;;
+        gateway-waf) proxy_pids=$WAF_GATEWAY_PID ;;
+        nginx-waf) proxy_pids="$WAF_PROXY_PID $WAF_PROXY_WORKER_PIDS" ;;
     esac
     load1=$(cut -d' ' -f1 /proc/loadavg)
     stat0=$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $9}' /proc/stat)
@@ -398,6 +457,8 @@ run_wrk() {
     [[ $sock == 0/0/0/0 || $sock == - ]] || problems+=("socket errors connect/read/write/timeout $sock")
     kill -0 "$GATEWAY_PID" 2>/dev/null || problems+=("gateway exited")
     kill -0 "$PROXY_PID" 2>/dev/null || problems+=("nginx proxy exited")
+    [[ -z $WAF_GATEWAY_PID ]] || kill -0 "$WAF_GATEWAY_PID" 2>/dev/null || problems+=("WAF gateway exited")
+    [[ -z $WAF_PROXY_PID ]] || kill -0 "$WAF_PROXY_PID" 2>/dev/null || problems+=("nginx WAF proxy exited")
     status=ok
     if ((${#problems[@]})); then status=$(IFS=';'; echo "${problems[*]}"); status=${status//;/; }; fi
     local secs
@@ -416,7 +477,7 @@ run_wrk() {
 warm_up() {
     local path target
     for path in "${PATHS[@]}"; do
-        for target in direct gateway nginx; do
+        for target in direct "${PROXIES[@]}"; do
             log "warm-up $path $target: $WRK_BIN -t$WRK_THREADS -c$WRK_CONNECTIONS -d$WRK_WARMUP $(url "$target" "$path")"
             "$WRK_BIN" -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d"$WRK_WARMUP" --latency "$(url "$target" "$path")" \
                 >"$LOGS/warmup-$path-$target.log" 2>&1 || log "  wrk exit $? (see $LOGS/warmup-$path-$target.log)"
@@ -431,7 +492,7 @@ check_responses() {
     local path target u hdr body status same hbytes bbytes
     printf 'target\tpath\tstatus\tbody_identical\theader_bytes\tbody_bytes\theader_count\n' >"$RESULTS/checks.tsv"
     for path in "${PATHS[@]}"; do
-        for target in direct gateway nginx; do
+        for target in direct "${PROXIES[@]}"; do
             u=$(url "$target" "$path")
             hdr=$RESULTS/headers-$path-$target.txt
             body=$LOGS/body-$path-$target
@@ -538,6 +599,8 @@ main() {
     UPSTREAM_PORT=$(free_port)
     PROXY_PORT=$(free_port)
     GATEWAY_PORT=$(free_port)
+    WAF_PROXY_PORT=$(free_port)
+    WAF_GATEWAY_PORT=$(free_port)
     while [[ $PROXY_PORT == "$UPSTREAM_PORT" ]]; do PROXY_PORT=$(free_port); done
     while [[ $GATEWAY_PORT == "$UPSTREAM_PORT" || $GATEWAY_PORT == "$PROXY_PORT" ]]; do GATEWAY_PORT=$(free_port); done
 
@@ -551,6 +614,18 @@ main() {
     log "nginx proxy on https://127.0.0.1:$PROXY_PORT (master $PROXY_PID, workers $PROXY_WORKER_PIDS)"
     start_gateway
     log "palisade gateway on https://127.0.0.1:$GATEWAY_PORT (pid $GATEWAY_PID)"
+    if ((BENCH_WAF)); then
+        [[ -f /usr/lib/nginx/modules/ngx_http_modsecurity_module.so ]] || need_packages libnginx-mod-http-modsecurity
+        [[ -d /usr/share/modsecurity-crs/rules ]] || need_packages modsecurity-crs
+        modsecurity_config
+        start_proxy waf
+        WAF_PROXY_WORKER_PIDS=$(children "$WAF_PROXY_PID")
+        log "nginx proxy with ModSecurity on https://127.0.0.1:$WAF_PROXY_PORT (master $WAF_PROXY_PID, workers $WAF_PROXY_WORKER_PIDS)"
+        start_waf_gateway
+        log "palisade gateway with the WAF on https://127.0.0.1:$WAF_GATEWAY_PORT (pid $WAF_GATEWAY_PID)"
+        PROXIES+=(gateway-waf nginx-waf)
+        cp "$TMP/proxy-waf/nginx.conf" "$RESULTS/nginx-proxy-waf.conf"
+    fi
     machine_env
     kv GATEWAY_CMD "palisade gateway --upstream http://127.0.0.1:UPSTREAM --listen 127.0.0.1:PORT --cert cert.pem --key key.pem" >>"$RESULTS/machine.env"
     cp "$TMP/proxy/nginx.conf" "$RESULTS/nginx-proxy.conf"
@@ -566,7 +641,10 @@ main() {
         round=$((round + 1))
         DISTURBED=0
         # alternate which proxy goes first; the direct baseline runs first in every round
-        if ((round % 2)); then order=(direct gateway nginx); else order=(direct nginx gateway); fi
+        order=(direct)
+        for k in "${PROXIES[@]}"; do
+            if ((round % 2)); then order+=("$k"); else order=(direct "$k" "${order[@]:1}"); fi
+        done
         for load in "${loads[@]}"; do
             for path in "${PATHS[@]}"; do
                 for target in "${order[@]}"; do
@@ -577,7 +655,7 @@ main() {
         printf '%s\t%s\n' "$round" "$DISTURBED" >>"$RESULTS/rounds.tsv"
         # the fewest undisturbed runs any load/path/target has so far
         fewest=$BENCH_ROUNDS
-        for load in "${loads[@]}"; do for path in "${PATHS[@]}"; do for target in direct gateway nginx; do
+        for load in "${loads[@]}"; do for path in "${PATHS[@]}"; do for target in direct "${PROXIES[@]}"; do
             k=${UNDISTURBED[$load-$path-$target]:-0}
             ((k < fewest)) && fewest=$k
         done; done; done

@@ -20,12 +20,14 @@ import sys
 from benchlib import read_env
 
 HEADING = "## Gateway against nginx"
-TARGETS = ("gateway", "nginx", "direct")
+TARGETS = ("gateway", "nginx", "gateway-waf", "nginx-waf", "direct")
 PATHS = ("html", "json")
 LOADS = ("loaded", "light")
 TARGET_LABEL = {
     "gateway": "palisade gateway (TLS)",
     "nginx": "nginx proxy (TLS)",
+    "gateway-waf": "palisade gateway + WAF (OWASP CRS, paranoia level 1)",
+    "nginx-waf": "nginx + ModSecurity 3 (the same CRS configuration)",
     "direct": "upstream direct (plain HTTP)",
 }
 PATH_LABEL = {"html": "HTML `/index.html`", "json": "JSON `/api/items.json`"}

@@ -8,6 +8,7 @@ use palisade_guard::{
     RateLimitOptions, RichTextOptions, SecurityHeadersOptions, SecurityTxtOptions, UploadOptions,
     ValidationOptions,
 };
+use palisade_waf::WafOptions;
 use serde::{Deserialize, Deserializer};
 
 use crate::Error;
@@ -74,6 +75,9 @@ pub struct GatewayOptions {
     pub health_check: HealthCheckOptions,
     /// The ClamAV daemon that routes with `upload` rules scan files with, when given.
     pub clamav: Option<ClamavOptions>,
+    /// Attack detection with the OWASP CRS (off by default).
+    #[serde(default)]
+    pub waf: WafOptions,
 }
 
 /// The header settings of the paths under `prefix`; every header setting not given takes its
@@ -351,6 +355,7 @@ impl GatewayOptions {
             timeouts: Timeouts::default(),
             health_check: HealthCheckOptions::default(),
             clamav: None,
+            waf: WafOptions::default(),
         }
     }
 
@@ -439,6 +444,7 @@ impl GatewayOptions {
         self.rate_limit
             .validate()
             .map_err(|err| bad(&format!("rate_limit.{}", err.setting), err.message))?;
+        self.validate_waf()?;
         if let Some(txt) = &self.security_txt {
             txt.validate()
                 .map_err(|err| bad(&format!("security_txt.{}", err.setting), err.message))?;
@@ -474,6 +480,21 @@ impl GatewayOptions {
                     self.limits.max_body_bytes
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_waf(&self) -> Result<(), Error> {
+        if !self.waf.enabled {
+            return Ok(());
+        }
+        let bad = |err: palisade_waf::Error| Error::BadSetting {
+            setting: format!("waf.{}", err.setting()),
+            message: err.message(),
+        };
+        self.waf.validate().map_err(bad)?;
+        if !palisade_waf::BUILT_IN {
+            return Err(bad(palisade_waf::Error::NotBuiltIn));
         }
         Ok(())
     }
@@ -595,6 +616,29 @@ mod tests {
         assert_eq!(options.limits.max_body_bytes, 10 * 1024 * 1024);
         assert_eq!(options.csp.directives.len(), 2);
         assert!(options.routes[0].csp.is_none());
+    }
+
+    #[test]
+    fn the_waf_is_off_by_default_and_asking_for_it_needs_the_feature() {
+        let options = GatewayOptions::new("http://127.0.0.1:1");
+        assert!(!options.waf.enabled);
+        options.validate().unwrap();
+        let mut options = GatewayOptions::new("http://127.0.0.1:1");
+        options.waf.enabled = true;
+        let result = options.validate();
+        assert_eq!(result.is_ok(), palisade_waf::BUILT_IN, "{result:?}");
+        if let Err(err) = result {
+            let Error::BadSetting { setting, message } = err else {
+                panic!("{err}")
+            };
+            assert_eq!(setting, "waf.enabled");
+            assert!(message.contains("--features modsecurity"), "{message}");
+        }
+        options.waf.paranoia_level = 0;
+        let Err(Error::BadSetting { setting, .. }) = options.validate() else {
+            panic!("accepted")
+        };
+        assert_eq!(setting, "waf.paranoia_level");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use palisade_guard::{
     HttpsRedirectLayer, HttpsRedirectOptions, Peer, RateLimitLayer, RejectionKind, RichTextLayer,
     SecurityHeadersLayer, SecurityTxtLayer, UploadLayer, ValidateLayer,
 };
+use palisade_waf::WafLayer;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
@@ -49,6 +50,7 @@ pub struct Gateway {
     pool: Arc<Pool>,
     connector: Connector,
     csrf_key: CsrfKey,
+    waf: Option<Arc<dyn palisade_waf::RuleEngine>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -107,7 +109,10 @@ impl Gateway {
             &options.upstream_tls,
             options.timeouts.upstream_connect,
         )?;
+        let waf = palisade_waf::engine(&options.waf, options.limits.max_body_bytes)
+            .map_err(|err| bad(format!("waf.{}", err.setting()), err.message()))?;
         Ok(Self {
+            waf,
             acceptor: TlsAcceptor::from(Arc::new(config)),
             pool: Arc::new(Pool::new(uris)),
             connector,
@@ -255,6 +260,14 @@ impl Gateway {
             .layer(csrf)
             .layer(validate)
             .option_layer(upload)
+            .option_layer(self.waf.clone().map(|engine| {
+                WafLayer::new(
+                    engine,
+                    &options.waf,
+                    options.limits.max_body_bytes,
+                    self.local_addr(),
+                )
+            }))
             .option_layer(rich_text)
             .service(proxy.clone());
 
