@@ -12,7 +12,7 @@ use std::{net::SocketAddr, sync::Arc};
 use bytes::Bytes;
 
 pub mod layer;
-#[cfg(feature = "modsecurity")]
+#[cfg(libmodsecurity)]
 pub mod modsecurity;
 pub mod normalize;
 pub mod options;
@@ -136,8 +136,9 @@ impl Error {
     }
 }
 
-/// Whether this build has a rule engine (the `modsecurity` feature).
-pub const BUILT_IN: bool = cfg!(feature = "modsecurity");
+/// Whether this build has a rule engine: the `modsecurity` feature, with libmodsecurity found
+/// when it was built.
+pub const BUILT_IN: bool = cfg!(libmodsecurity);
 
 /// The engine the options ask for, for bodies of at most `body_limit` bytes: none when the WAF
 /// is off, libmodsecurity with the CRS when it is on and built in, an error when it is on and
@@ -147,12 +148,12 @@ pub fn engine(options: &WafOptions, body_limit: u64) -> Result<Option<Arc<dyn Ru
         return Ok(None);
     }
     options.validate()?;
-    #[cfg(feature = "modsecurity")]
+    #[cfg(libmodsecurity)]
     {
         let engine = modsecurity::ModSecurityEngine::with_body_limit(options, body_limit)?;
         Ok(Some(Arc::new(engine)))
     }
-    #[cfg(not(feature = "modsecurity"))]
+    #[cfg(not(libmodsecurity))]
     {
         let _ = body_limit;
         Err(Error::NotBuiltIn)

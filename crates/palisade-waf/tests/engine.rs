@@ -1,7 +1,7 @@
 //! The libmodsecurity engine with Debian's CRS: what it matches, blocks and scores, as
 //! received and normalised.
 
-#![cfg(feature = "modsecurity")]
+#![cfg(libmodsecurity)]
 
 use bytes::Bytes;
 use palisade_waf::{
