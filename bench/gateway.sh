@@ -27,6 +27,9 @@
 #   BENCH_WAF        1 (default): also the gateway with [gateway.waf] on (the OWASP CRS at paranoia level 1)
 #                    and nginx with libnginx-mod-http-modsecurity loading the same ModSecurity
 #                    configuration (printed by the palisade-waf example modsecurity-config); 0 skips them
+#   BENCH_RULES      1 (default): also the gateway with input validation on the measured paths and a
+#                    rate limit covering them (set high enough never to refuse), beside CSRF (on by
+#                    default everywhere); 0 skips it
 set -euo pipefail
 
 BENCH_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -50,6 +53,7 @@ OUT_ARG=${1:-}
 OUT=$OUT_ARG
 PALISADE_BIN_GIVEN=${PALISADE_BIN:-}
 BENCH_WAF=${BENCH_WAF:-1}
+BENCH_RULES=${BENCH_RULES:-1}
 
 RESULTS=$BENCH_DIR/gateway
 LOGS=$RESULTS/logs
@@ -91,6 +95,7 @@ GATEWAY_PID=""
 WAF_PROXY_PID=""
 WAF_PROXY_WORKER_PIDS=""
 WAF_GATEWAY_PID=""
+RULES_GATEWAY_PID=""
 # the proxies measured besides the direct baseline
 PROXIES=(gateway nginx)
 
@@ -109,7 +114,7 @@ cleanup() {
     local rc=$?
     set +e
     local g
-    for g in "$GATEWAY_PID" "$WAF_GATEWAY_PID"; do
+    for g in "$GATEWAY_PID" "$WAF_GATEWAY_PID" "$RULES_GATEWAY_PID"; do
         [[ -n $g ]] && kill -0 "$g" 2>/dev/null || continue
         kill -TERM "$g"
         for _ in $(seq 50); do kill -0 "$g" 2>/dev/null || break; sleep 0.1; done
@@ -120,7 +125,7 @@ cleanup() {
         stop_nginx "$TMP/proxy-waf/nginx.pid"
         stop_nginx "$TMP/upstream/nginx.pid"
         # keep the servers' logs with the results before the temp dir goes
-        for f in upstream/error.log proxy/error.log gateway/gateway.log proxy-waf/error.log gateway-waf/gateway.log; do
+        for f in upstream/error.log proxy/error.log gateway/gateway.log proxy-waf/error.log gateway-waf/gateway.log gateway-rules/gateway.log; do
             [[ -f $TMP/$f ]] && cp "$TMP/$f" "$LOGS/${f//\//-}"
         done
         rm -rf "$TMP"
@@ -336,6 +341,36 @@ EOF
     wait_port "$WAF_GATEWAY_PORT" "$WAF_GATEWAY_PID" "palisade gateway with the WAF" "$d/gateway.log"
 }
 
+# start_rules_gateway: the gateway with every default (CSRF included) plus input validation of
+# the measured paths (method, query parameters, unknown parameters refused) and a per-address
+# rate limit over them, from a palisade.toml of its own.
+start_rules_gateway() {
+    local d=$TMP/gateway-rules
+    mkdir -p "$d"
+    cat >"$d/palisade.toml" <<EOF
+[gateway]
+listen = "127.0.0.1:$RULES_GATEWAY_PORT"
+upstreams = ["http://127.0.0.1:$UPSTREAM_PORT"]
+[[gateway.tls.certificates]]
+cert = "$TMP/tls/cert.pem"
+key = "$TMP/tls/key.pem"
+[[gateway.rate_limit.rules]]
+name = "site"
+rate = "1000000/s"
+[[gateway.routes]]
+prefix = "/"
+[gateway.routes.validate]
+methods = ["GET", "HEAD"]
+unknown_params = "reject"
+max_params = 10
+params.page = { type = "integer", min = 1 }
+EOF
+    (cd "$d" && exec env -u PALISADE_CONFIG -u PALISADE_LOG "$PALISADE_BIN" --config "$d/palisade.toml" gateway) \
+        >"$d/gateway.log" 2>&1 &
+    RULES_GATEWAY_PID=$!
+    wait_port "$RULES_GATEWAY_PORT" "$RULES_GATEWAY_PID" "palisade gateway with validation and rate limits" "$d/gateway.log"
+}
+
 # modsecurity_config: the ModSecurity configuration the gateway generates (paranoia level 1), for nginx.
 modsecurity_config() {
     log "writing the gateway's ModSecurity configuration (cargo run --release -p palisade-waf --example modsecurity-config)"
@@ -357,6 +392,7 @@ url() {
         nginx) echo "https://localhost:$PROXY_PORT$path" ;;
         gateway-waf) echo "https://localhost:$WAF_GATEWAY_PORT$path" ;;
         nginx-waf) echo "https://localhost:$WAF_PROXY_PORT$path" ;;
+        gateway-rules) echo "https://localhost:$RULES_GATEWAY_PORT$path" ;;
     esac
 }
 
@@ -422,12 +458,13 @@ run_wrk() {
     wait_quiet
     local load1 stat0 stat1 up0 up1 px0 px1 all0 all1 rc=0
     local proxy_pids="" all_pids="$UPSTREAM_PID $UPSTREAM_WORKER_PIDS $PROXY_PID $PROXY_WORKER_PIDS $GATEWAY_PID"
-    all_pids+=" $WAF_GATEWAY_PID $WAF_PROXY_PID $WAF_PROXY_WORKER_PIDS"
+    all_pids+=" $WAF_GATEWAY_PID $WAF_PROXY_PID $WAF_PROXY_WORKER_PIDS $RULES_GATEWAY_PID"
     case $target in
         gateway) proxy_pids=$GATEWAY_PID ;;
         nginx) proxy_pids="$PROXY_PID $PROXY_WORKER_PIDS" ;;
         gateway-waf) proxy_pids=$WAF_GATEWAY_PID ;;
         nginx-waf) proxy_pids="$WAF_PROXY_PID $WAF_PROXY_WORKER_PIDS" ;;
+        gateway-rules) proxy_pids=$RULES_GATEWAY_PID ;;
     esac
     load1=$(cut -d' ' -f1 /proc/loadavg)
     stat0=$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $9}' /proc/stat)
@@ -459,6 +496,7 @@ run_wrk() {
     kill -0 "$PROXY_PID" 2>/dev/null || problems+=("nginx proxy exited")
     [[ -z $WAF_GATEWAY_PID ]] || kill -0 "$WAF_GATEWAY_PID" 2>/dev/null || problems+=("WAF gateway exited")
     [[ -z $WAF_PROXY_PID ]] || kill -0 "$WAF_PROXY_PID" 2>/dev/null || problems+=("nginx WAF proxy exited")
+    [[ -z $RULES_GATEWAY_PID ]] || kill -0 "$RULES_GATEWAY_PID" 2>/dev/null || problems+=("rules gateway exited")
     status=ok
     if ((${#problems[@]})); then status=$(IFS=';'; echo "${problems[*]}"); status=${status//;/; }; fi
     local secs
@@ -601,6 +639,7 @@ main() {
     GATEWAY_PORT=$(free_port)
     WAF_PROXY_PORT=$(free_port)
     WAF_GATEWAY_PORT=$(free_port)
+    RULES_GATEWAY_PORT=$(free_port)
     while [[ $PROXY_PORT == "$UPSTREAM_PORT" ]]; do PROXY_PORT=$(free_port); done
     while [[ $GATEWAY_PORT == "$UPSTREAM_PORT" || $GATEWAY_PORT == "$PROXY_PORT" ]]; do GATEWAY_PORT=$(free_port); done
 
@@ -625,6 +664,12 @@ main() {
         log "palisade gateway with the WAF on https://127.0.0.1:$WAF_GATEWAY_PORT (pid $WAF_GATEWAY_PID)"
         PROXIES+=(gateway-waf nginx-waf)
         cp "$TMP/proxy-waf/nginx.conf" "$RESULTS/nginx-proxy-waf.conf"
+    fi
+    if ((BENCH_RULES)); then
+        start_rules_gateway
+        log "palisade gateway with validation and rate limits on https://127.0.0.1:$RULES_GATEWAY_PORT (pid $RULES_GATEWAY_PID)"
+        PROXIES+=(gateway-rules)
+        cp "$TMP/gateway-rules/palisade.toml" "$RESULTS/gateway-rules.toml"
     fi
     machine_env
     kv GATEWAY_CMD "palisade gateway --upstream http://127.0.0.1:UPSTREAM --listen 127.0.0.1:PORT --cert cert.pem --key key.pem" >>"$RESULTS/machine.env"

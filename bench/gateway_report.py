@@ -20,11 +20,12 @@ import sys
 from benchlib import read_env
 
 HEADING = "## Gateway against nginx"
-TARGETS = ("gateway", "nginx", "gateway-waf", "nginx-waf", "direct")
+TARGETS = ("gateway", "gateway-rules", "nginx", "gateway-waf", "nginx-waf", "direct")
 PATHS = ("html", "json")
 LOADS = ("loaded", "light")
 TARGET_LABEL = {
     "gateway": "palisade gateway (TLS)",
+    "gateway-rules": "palisade gateway + validation and a rate limit",
     "nginx": "nginx proxy (TLS)",
     "gateway-waf": "palisade gateway + WAF (OWASP CRS, paranoia level 1)",
     "nginx-waf": "nginx + ModSecurity 3 (the same CRS configuration)",
@@ -464,6 +465,13 @@ def reading(agg, rewrote, connections=None):
                   f"direct ({fmt_delta_ms(gl['p99'] - dl['p99'])})")
             if nl and nl["p99"] is not None:
                 s += f" and nginx's {fmt_ms(nl['p99'])} ({fmt_delta_ms(nl['p99'] - dl['p99'])})"
+            s += "."
+        r = agg.get(("loaded", p, "gateway-rules"))
+        if r and r["rps"]:
+            s += (f" With input validation and a rate limit on the path as well, it answered {fmt_rps(r['rps'])} "
+                  f"req/s ({(r['rps'] / g['rps'] - 1) * 100:+.1f} %)")
+            if r["cpu_us"] and g["cpu_us"]:
+                s += f", {r['cpu_us'] - g['cpu_us']:+.0f} µs of CPU per request"
             s += "."
         out.append(s)
     gh, gj = agg.get(("loaded", "html", "gateway")), agg.get(("loaded", "json", "gateway"))
