@@ -119,10 +119,12 @@ DEFAULTS = {"WRK_THREADS": "2", "WRK_CONNECTIONS": "32", "WRK_DURATION": "15s", 
 
 
 def command(env):
-    """The command line of the run: the settings that differ from the defaults, then the script."""
+    """The command line of the run: the settings that differ from the defaults, then the script.
+    Paths of the machine it ran on stay out: a given binary is named by its role (the build note
+    says what it was built from), the output file by its place in the repository."""
     parts = []
     if env.get("PALISADE_BIN_GIVEN"):
-        parts.append(f"PALISADE_BIN={shlex.quote(env['PALISADE_BIN_GIVEN'])}")
+        parts.append("PALISADE_BIN=path/to/palisade")
     for k, v in DEFAULTS.items():
         if k in env and env[k] != v:
             parts.append(f"{k}={shlex.quote(env[k])}")
@@ -130,6 +132,8 @@ def command(env):
             env["BENCH_MAX_ROUNDS"] != str(2 * int(env["BENCH_ROUNDS"])):
         parts.append(f"BENCH_MAX_ROUNDS={env['BENCH_MAX_ROUNDS']}")
     out = env["OUT_ARG"] if "OUT_ARG" in env else "docs/benchmarks.md"
+    if os.path.isabs(out):
+        out = "docs/benchmarks.md" if out.endswith("/docs/benchmarks.md") else os.path.basename(out)
     return " ".join(parts + ["bench/gateway.sh"] + ([shlex.quote(out)] if out else []))
 
 
