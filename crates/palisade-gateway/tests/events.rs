@@ -2,70 +2,18 @@
 //! `palisade::security` with its kind, client, route, rule and action. A test binary of its
 //! own, as it installs the process-wide tracing subscriber.
 
+#[path = "gateway/recorder.rs"]
+mod recorder;
 #[path = "gateway/support.rs"]
 #[allow(dead_code)]
 mod support;
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
+
+use recorder::{Recorder, field};
 
 use support::{TestGateway, Upstream, options, read_all};
 use tokio::io::AsyncWriteExt;
-
-type Fields = Vec<(String, String)>;
-
-/// Keeps the fields of every `palisade::security` event.
-#[derive(Default)]
-struct Recorder(Mutex<Vec<Fields>>);
-
-struct Visit<'a>(&'a mut Fields);
-
-impl tracing::field::Visit for Visit<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0.push((field.name().into(), format!("{value:?}")));
-    }
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.0.push((field.name().into(), value.into()));
-    }
-}
-
-impl tracing::Subscriber for Recorder {
-    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
-        metadata.target() == palisade_guard::reject::SECURITY_TARGET
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        let mut fields = Vec::new();
-        event.record(&mut Visit(&mut fields));
-        self.0.lock().unwrap().push(fields);
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
-fn field<'a>(fields: &'a Fields, name: &str) -> &'a str {
-    fields
-        .iter()
-        .find(|(n, _)| n == name)
-        .map_or("", |(_, v)| v.as_str())
-}
-
-/// The events recorded since the last call, waiting briefly for the gateway's tasks.
-async fn take(recorder: &Recorder, expected: usize) -> Vec<Fields> {
-    for _ in 0..100 {
-        if recorder.0.lock().unwrap().len() >= expected {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    std::mem::take(&mut *recorder.0.lock().unwrap())
-}
 
 #[tokio::test]
 async fn every_refusal_emits_one_security_event() {
@@ -176,7 +124,7 @@ async fn every_refusal_emits_one_security_event() {
             action == "log",
             "{answer}"
         );
-        let events = take(&recorder, 1).await;
+        let events = recorder.take(1).await;
         assert_eq!(events.len(), 1, "{kind}: {events:?}");
         let event = &events[0];
         assert_eq!(field(event, "kind"), kind);
@@ -196,7 +144,7 @@ async fn every_refusal_emits_one_security_event() {
     );
     let answer = gateway.raw(request.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
-    let events = take(&recorder, 1).await;
+    let events = recorder.take(1).await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(field(&events[0], "kind"), "csp_violation");
     assert_eq!(
@@ -211,7 +159,7 @@ async fn every_refusal_emits_one_security_event() {
         "b".repeat(20_000)
     );
     gateway.raw(large.as_bytes()).await;
-    let events = take(&recorder, 1).await;
+    let events = recorder.take(1).await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(field(&events[0], "kind"), "headers_too_large");
 
@@ -220,7 +168,7 @@ async fn every_refusal_emits_one_security_event() {
         .await
         .unwrap();
     read_all(&mut slow).await;
-    let events = take(&recorder, 1).await;
+    let events = recorder.take(1).await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(field(&events[0], "kind"), "slow_headers");
     assert_eq!(field(&events[0], "action"), "close");
