@@ -36,6 +36,7 @@ use crate::{
     Body, BoxError, BoxFuture, PageNonce,
     body::read_whole,
     client_ip::Peer,
+    ratelimit::normalize_path,
     reject::{Rejection, RejectionKind},
     rewrite::{self, RewrittenBody, has_body, rewritable_html},
     route::Routes,
@@ -565,12 +566,15 @@ where
             } else {
                 req
             };
-            let login = state_changing
-                && shared
+            // Matched as the rate limits match paths, so `/login/` and `/%6cogin` are `/login`.
+            let login = state_changing && {
+                let path = normalize_path(req.uri().path(), false);
+                shared
                     .options
                     .login_paths
                     .iter()
-                    .any(|p| p == req.uri().path());
+                    .any(|p| normalize_path(p, false) == path)
+            };
             let head = req.method() == Method::HEAD;
             let nonce = req.extensions().get::<PageNonce>().cloned();
             let response = inner.call(req).await?;

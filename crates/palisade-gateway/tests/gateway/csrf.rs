@@ -259,8 +259,9 @@ async fn login_paths_replace_the_gateways_own_cookie() {
         ("cookie", own.as_str()),
         ("content-type", "application/x-www-form-urlencoded"),
     ];
+    // Another spelling of the login path is the login path.
     let (login, _) = gateway
-        .send(post("/login", &headers, &format!("palisade_csrf={token}")))
+        .send(post("/login/", &headers, &format!("palisade_csrf={token}")))
         .await;
     assert_eq!(login.status(), StatusCode::OK);
     let rotated = own_cookie(&login);
