@@ -386,56 +386,7 @@ impl Compiled {
     }
 }
 
-/// The path a limit matches: percent-decoded once, `.` and `..` segments resolved, repeated and
-/// trailing slashes dropped, and lower case when asked.
-pub fn normalize_path(path: &str, case_insensitive: bool) -> String {
-    let decoded = percent_decode(path);
-    let mut segments: Vec<&str> = Vec::new();
-    for segment in decoded.split('/') {
-        match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            segment => segments.push(segment),
-        }
-    }
-    let mut normal = String::with_capacity(decoded.len() + 1);
-    for segment in &segments {
-        normal.push('/');
-        normal.push_str(segment);
-    }
-    if normal.is_empty() {
-        normal.push('/');
-    }
-    if case_insensitive {
-        normal.make_ascii_lowercase();
-    }
-    normal
-}
-
-fn percent_decode(path: &str) -> String {
-    let bytes = path.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| path.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match escaped {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+pub use crate::route::normalize_path;
 
 /// The key of a client: IPv4 as it is (also when mapped into IPv6), IPv6 cut to `prefix` bits.
 pub fn client_key(ip: IpAddr, prefix: u8) -> IpAddr {

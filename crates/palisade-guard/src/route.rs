@@ -1,5 +1,6 @@
 //! Settings per path prefix: the longest prefix that ends on a segment boundary wins, matched
-//! on the path with percent-encoded unreserved characters decoded.
+//! on the normalised path (the one rate limits match too), so that no spelling of a path can
+//! dodge its route's settings.
 
 /// The settings of each route prefix, longest first, and those of every other path.
 #[derive(Debug, Clone)]
@@ -19,18 +20,19 @@ impl<T> Routes<T> {
 
     /// These routes with `settings` for the paths under `prefix`.
     pub(crate) fn with(mut self, prefix: &str, settings: T) -> Self {
-        self.prefixed.push((prefix.to_string(), settings));
+        self.prefixed
+            .push((normalize_path(prefix, false), settings));
         self.prefixed
             .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         self
     }
 
     /// The settings for `path`: those of the longest prefix that is `path` itself or ends
-    /// where one of its segments ends. Percent-encoded unreserved characters are decoded
-    /// first, so that `/%61dmin` cannot dodge the settings of `/admin`.
+    /// where one of its segments ends, both normalised ([`normalize_path`]), so that
+    /// `/%61dmin`, `/./admin` and `//admin` cannot dodge the settings of `/admin`.
     pub(crate) fn for_path(&self, path: &str) -> &T {
-        let decoded = decode_unreserved(path);
-        let path = decoded.as_str();
+        let normal = normalize_path(path, false);
+        let path = normal.as_str();
         let matches = |prefix: &str| match path.strip_prefix(prefix) {
             Some(rest) => rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/'),
             None => false,
@@ -42,28 +44,53 @@ impl<T> Routes<T> {
     }
 }
 
-/// `path` with every `%XX` that encodes a letter, digit, `-`, `.`, `_` or `~` decoded (RFC 3986
-/// section 6.2.2.2: such URIs are equivalent); every other escape stays as it is.
-fn decode_unreserved(path: &str) -> String {
+/// The path routes and rate limits match: percent-decoded once, `.` and `..` segments resolved, repeated and
+/// trailing slashes dropped, and lower case when asked.
+pub fn normalize_path(path: &str, case_insensitive: bool) -> String {
+    let decoded = percent_decode(path);
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            segment => segments.push(segment),
+        }
+    }
+    let mut normal = String::with_capacity(decoded.len() + 1);
+    for segment in &segments {
+        normal.push('/');
+        normal.push_str(segment);
+    }
+    if normal.is_empty() {
+        normal.push('/');
+    }
+    if case_insensitive {
+        normal.make_ascii_lowercase();
+    }
+    normal
+}
+
+fn percent_decode(path: &str) -> String {
     let bytes = path.as_bytes();
-    let mut out = String::with_capacity(path.len());
+    let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         let escaped = (bytes[i] == b'%')
             .then(|| path.get(i + 1..i + 3))
             .flatten()
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-            .filter(|b| b.is_ascii_alphanumeric() || b"-._~".contains(b));
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
         match escaped {
             Some(byte) => {
-                out.push(char::from(byte));
+                out.push(byte);
                 i += 3;
             }
             None => {
-                out.push(char::from(bytes[i]));
+                out.push(bytes[i]);
                 i += 1;
             }
         }
     }
-    out
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -175,6 +175,19 @@ async fn query_and_form_parameters_follow_their_rules() {
     assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
     assert!(message(&answer).contains("`email` does not have"));
 
+    // No spelling of the path dodges its route's rules.
+    for path in [
+        "/./search",
+        "//search",
+        "/x/../search",
+        "/%73earch",
+        "/search%2F",
+        "/search/",
+    ] {
+        let query = format!("{path}?q={}", "a".repeat(101));
+        let (response, _) = gateway.send(get(&query)).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{path}");
+    }
     let long = format!("/search?q={}", "a".repeat(101));
     assert_eq!(
         gateway.send(get(&long)).await.0.status(),
