@@ -11,6 +11,7 @@ mod idle;
 pub mod options;
 pub mod proxy;
 mod server;
+pub mod state;
 pub mod strict;
 pub mod tls;
 pub mod upstream;
@@ -18,8 +19,8 @@ pub mod upstream;
 use std::{net::SocketAddr, path::PathBuf};
 
 pub use options::{
-    CertificateFiles, GatewayOptions, HostHeader, Limits, RouteOptions, Timeouts, TlsProfile,
-    UpstreamProtocol, UpstreamTlsOptions,
+    CertificateFiles, GatewayOptions, HostHeader, Limits, RouteOptions, StateOptions, Timeouts,
+    TlsProfile, UpstreamProtocol, UpstreamTlsOptions,
 };
 pub use server::{CertReloader, Gateway};
 pub use tls::SelfSigned;

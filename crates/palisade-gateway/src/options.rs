@@ -4,9 +4,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use http::Uri;
 use palisade_guard::{
-    ClamavOptions, ClientIpOptions, CspOptions, CspReportOptions, CsrfOptions, CsrfRouteOptions,
-    RateLimitOptions, RichTextOptions, SecurityHeadersOptions, SecurityTxtOptions, UploadOptions,
-    ValidationOptions,
+    BruteForceOptions, ClamavOptions, ClientIpOptions, CspOptions, CspReportOptions, CsrfOptions,
+    CsrfRouteOptions, RateLimitOptions, RichTextOptions, SecurityHeadersOptions,
+    SecurityTxtOptions, UploadOptions, ValidationOptions, WhenStateFails,
 };
 use palisade_waf::WafOptions;
 use serde::{Deserialize, Deserializer};
@@ -61,6 +61,12 @@ pub struct GatewayOptions {
     /// Rate limits per client address, route group or globally; none by default.
     #[serde(default)]
     pub rate_limit: RateLimitOptions,
+    /// Delays, challenges and lockouts on login endpoints; none by default.
+    #[serde(default)]
+    pub brute_force: BruteForceOptions,
+    /// Where login counters, lockouts and spent challenges are kept.
+    #[serde(default)]
+    pub state: StateOptions,
     /// Trusted proxies in front of the gateway.
     #[serde(default)]
     pub client_ip: ClientIpOptions,
@@ -119,6 +125,22 @@ impl RouteOptions {
             rich_text: None,
         }
     }
+}
+
+/// Where the gateway keeps the state that outlives a request: login failure counts, lockouts
+/// and spent challenges.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateOptions {
+    /// The SQLite file; `palisade gateway` makes it `<state_dir>/gateway.sqlite`. Without a
+    /// file or Redis, the state lives in memory for this run.
+    pub path: Option<PathBuf>,
+    /// A Redis server shared by several gateway instances, like `redis://127.0.0.1:6379/0`;
+    /// it then holds the rate limits too. Its password, if the URL has one, is never logged.
+    pub redis: Option<String>,
+    /// What happens to requests that need the state while it cannot be reached.
+    #[serde(default)]
+    pub on_failure: WhenStateFails,
 }
 
 /// The JSON Schema in a route's `json_schema_file`, if it names one.
@@ -350,6 +372,8 @@ impl GatewayOptions {
             csp_report: None,
             csrf: CsrfOptions::default(),
             rate_limit: RateLimitOptions::default(),
+            brute_force: BruteForceOptions::default(),
+            state: StateOptions::default(),
             client_ip: ClientIpOptions::default(),
             limits: Limits::default(),
             timeouts: Timeouts::default(),
@@ -444,6 +468,12 @@ impl GatewayOptions {
         self.rate_limit
             .validate()
             .map_err(|err| bad(&format!("rate_limit.{}", err.setting), err.message))?;
+        self.brute_force
+            .validate()
+            .map_err(|err| bad(&format!("brute_force.{}", err.setting), err.message))?;
+        if let Some(url) = &self.state.redis {
+            crate::state::check_redis_url(url).map_err(|message| bad("state.redis", message))?;
+        }
         self.validate_waf()?;
         if let Some(txt) = &self.security_txt {
             txt.validate()

@@ -33,6 +33,7 @@ use crate::{
     idle::IdleTimeout,
     options::{self, upstream_uri},
     proxy::{Proxy, ProxyOptions},
+    state::State,
     tls::{self, CertSource, CertStore, SelfSigned},
     upstream::{self, Connector, Pool},
 };
@@ -51,6 +52,7 @@ pub struct Gateway {
     connector: Connector,
     csrf_key: CsrfKey,
     waf: Option<Arc<dyn palisade_waf::RuleEngine>>,
+    state: State,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -118,6 +120,7 @@ impl Gateway {
             connector,
             certs,
             csrf_key: csrf_key::load(&options.csrf)?,
+            state: State::open(&options.state)?,
             https,
             http,
             options,
@@ -238,8 +241,13 @@ impl Gateway {
                 .with_route(&route.prefix, rules, schema.as_ref())
                 .map_err(|err| bad(setting(&err.setting), err.message))?;
         }
-        let rate_limit = RateLimitLayer::new(&options.rate_limit)
-            .map_err(|err| bad(format!("rate_limit.{}", err.setting), err.message))?;
+        let rate_limit = match self.state.redis() {
+            Some(redis) => {
+                RateLimitLayer::shared(&options.rate_limit, redis.clone(), options.state.on_failure)
+            }
+            None => RateLimitLayer::new(&options.rate_limit),
+        }
+        .map_err(|err| bad(format!("rate_limit.{}", err.setting), err.message))?;
         let rate_limit = (!rate_limit.is_empty()).then_some(rate_limit);
         let security_txt = options
             .security_txt

@@ -5,7 +5,9 @@
 //! and never read the environment or files. A layer that refuses a request answers with a
 //! response built by [`reject`] and emits one security event; see `docs/gateway.md`.
 
+pub mod attempts;
 pub mod body;
+pub mod brute_force;
 pub mod clamav;
 pub mod client_ip;
 pub mod csp;
@@ -16,6 +18,7 @@ pub mod host;
 mod inspect;
 pub mod ratelimit;
 pub mod redirect;
+pub mod redis_state;
 pub mod reject;
 mod rewrite;
 pub mod rich_text;
@@ -26,7 +29,11 @@ pub mod settings;
 pub mod upload;
 pub mod validate;
 
+pub use attempts::{AttemptStore, SqliteAttempts, StateError, Unlock};
 pub use body::{Body, BoxError};
+pub use brute_force::{
+    BruteForceLayer, BruteForceOptions, ChallengeGate, LoginEndpoint, WhenStateFails,
+};
 pub use clamav::{ClamavOptions, Clamd, WhenUnavailable};
 pub use client_ip::{ClientAddr, ClientIpLayer, ClientIpOptions, Peer};
 pub use csp::{CspLayer, CspMode, CspOptions, CspPolicy, DirectiveValue, PageNonce};
@@ -35,6 +42,7 @@ pub use csrf::{CsrfKey, CsrfLayer, CsrfMode, CsrfOptions, CsrfRouteOptions};
 pub use headers::{CookieOptions, SameSite, SecurityHeadersLayer, SecurityHeadersOptions};
 pub use ratelimit::{RateLimitLayer, RateLimitOptions};
 pub use redirect::{HttpsRedirectLayer, HttpsRedirectOptions};
+pub use redis_state::RedisState;
 pub use reject::{Rejection, RejectionKind};
 pub use rich_text::{RichTextLayer, RichTextOptions};
 pub use sanitize::{SanitizeOptions, Sanitizer};

@@ -35,7 +35,9 @@ use tower::{Layer, Service};
 
 use crate::{
     Body, BoxError, BoxFuture,
+    brute_force::WhenStateFails,
     client_ip::{ClientAddr, Peer},
+    redis_state::RedisState,
     reject::{Rejection, RejectionKind},
 };
 
@@ -415,17 +417,43 @@ struct Shared {
     allow: Vec<IpNet>,
     ipv6_prefix: u8,
     case_insensitive: bool,
+    /// Where the buckets are when several gateways share them; in process when `None`.
+    redis: Option<(RedisState, WhenStateFails)>,
+    /// When the last "state unavailable" event went out, in seconds since the epoch.
+    last_outage_event: AtomicU64,
 }
 
+/// How often, at most, an unreachable Redis is reported while requests keep coming.
+const OUTAGE_EVENT_EVERY_SECS: u64 = 10;
+
 impl RateLimitLayer {
-    /// The layer for `options`.
+    /// The layer for `options`, its buckets in this process.
     pub fn new(options: &RateLimitOptions) -> Result<Self, BadRateSetting> {
+        Self::build(options, None)
+    }
+
+    /// The layer for `options`, its buckets in Redis so that every gateway sharing `state`
+    /// enforces one limit; while Redis cannot be reached, `when_fails` decides.
+    pub fn shared(
+        options: &RateLimitOptions,
+        state: RedisState,
+        when_fails: WhenStateFails,
+    ) -> Result<Self, BadRateSetting> {
+        Self::build(options, Some((state, when_fails)))
+    }
+
+    fn build(
+        options: &RateLimitOptions,
+        redis: Option<(RedisState, WhenStateFails)>,
+    ) -> Result<Self, BadRateSetting> {
         Ok(Self {
             shared: Arc::new(Shared {
                 rules: options.compile()?,
                 allow: options.allow.clone(),
                 ipv6_prefix: options.ipv6_prefix,
                 case_insensitive: options.case_insensitive_paths,
+                redis,
+                last_outage_event: AtomicU64::new(0),
             }),
         })
     }
@@ -465,8 +493,10 @@ pub struct RateLimit<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
     ResBody: http_body::Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
@@ -489,6 +519,9 @@ where
             let ip = client_key(ip, 128);
             shared.allow.iter().any(|net| net.contains(&ip))
         });
+        if !exempt && shared.redis.is_some() && !shared.rules.is_empty() {
+            return self.call_shared(req, client.expect("not exempt"));
+        }
         let mut first: Option<(&Compiled, u32)> = None;
         if !exempt && !shared.rules.is_empty() {
             let key = client_key(client.expect("not exempt"), shared.ipv6_prefix);
@@ -505,30 +538,13 @@ where
                         }
                     }
                     Decision::Limited(wait) => {
-                        let mut response: Response<Body> =
-                            Rejection::new(RejectionKind::RateLimited, rule.name.clone())
-                                .respond_to(&req);
-                        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-                        let headers = response.headers_mut();
-                        headers.insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
-                        headers.insert("ratelimit-policy", rule.policy.clone());
-                        let state = format!("\"{}\";r=0;t={seconds}", rule.name);
-                        if let Ok(value) = HeaderValue::from_str(&state) {
-                            headers.insert("ratelimit", value);
-                        }
+                        let response = limited(rule, wait, &req);
                         return Box::pin(async move { Ok(response) });
                     }
                 }
             }
         }
-        let headers = first.and_then(|(rule, remaining)| {
-            let state = format!(
-                "\"{}\";r={remaining};t={}",
-                rule.name,
-                rule.reset_after(remaining)
-            );
-            Some((rule.policy.clone(), HeaderValue::from_str(&state).ok()?))
-        });
+        let headers = first.and_then(|(rule, remaining)| headers_for(rule, remaining));
         let future = self.inner.call(req);
         Box::pin(async move {
             let mut response = future.await?.map(Body::new);
@@ -539,6 +555,116 @@ where
             Ok(response)
         })
     }
+}
+
+impl<S> RateLimit<S> {
+    /// The check against buckets in Redis: one script call per matching rule.
+    fn call_shared<ReqBody, ResBody>(
+        &mut self,
+        req: Request<ReqBody>,
+        client: IpAddr,
+    ) -> BoxFuture<Result<Response<Body>, S::Error>>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqBody: Send + 'static,
+        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        let shared = self.shared.clone();
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let path = normalize_path(req.uri().path(), shared.case_insensitive);
+        let covering: Vec<usize> = (0..shared.rules.len())
+            .filter(|i| shared.rules[*i].covers(req.method(), &path))
+            .collect();
+        Box::pin(async move {
+            let (state, when_fails) = shared.redis.as_ref().expect("called with Redis");
+            let key = client_key(client, shared.ipv6_prefix);
+            let mut first: Option<(&Compiled, u32)> = None;
+            for rule in covering.iter().map(|i| &shared.rules[*i]) {
+                let bucket = match rule.limiter {
+                    Limiter::Keyed(_) => crate::redis_state::rate_key(&rule.name, Some(key)),
+                    Limiter::Global(_) => crate::redis_state::rate_key(&rule.name, None),
+                };
+                match state.check_rate(&bucket, rule.cell, rule.burst).await {
+                    Ok(Ok(remaining)) => {
+                        if first.is_none_or(|(_, left)| remaining < left) {
+                            first = Some((rule, remaining));
+                        }
+                    }
+                    Ok(Err(wait)) => return Ok(limited(rule, wait, &req)),
+                    Err(err) => {
+                        shared.outage(&err, &req);
+                        if *when_fails == WhenStateFails::Closed {
+                            let kind = RejectionKind::StateUnavailable;
+                            return Ok(crate::reject::error_page(
+                                kind.status(),
+                                kind.message(),
+                                Some(kind),
+                                req.headers(),
+                            ));
+                        }
+                        first = None;
+                        break;
+                    }
+                }
+            }
+            let headers = first.and_then(|(rule, remaining)| headers_for(rule, remaining));
+            let mut response = inner.call(req).await?.map(Body::new);
+            if let Some((policy, state)) = headers {
+                response.headers_mut().insert("ratelimit-policy", policy);
+                response.headers_mut().insert("ratelimit", state);
+            }
+            Ok(response)
+        })
+    }
+}
+
+impl Shared {
+    /// Reports an unreachable Redis, at most once every [`OUTAGE_EVENT_EVERY_SECS`].
+    fn outage<T>(&self, err: &crate::attempts::StateError, req: &Request<T>) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last_outage_event.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < OUTAGE_EVENT_EVERY_SECS
+            || self
+                .last_outage_event
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        tracing::warn!(target: "palisade::gateway", "rate limits: {err}");
+        Rejection::new(RejectionKind::StateUnavailable, "rate-limit-state").log(req);
+    }
+}
+
+/// The 429 for a request that `rule` refuses for `wait`.
+fn limited<T>(rule: &Compiled, wait: Duration, req: &Request<T>) -> Response<Body> {
+    let mut response: Response<Body> =
+        Rejection::new(RejectionKind::RateLimited, rule.name.clone()).respond_to(req);
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let headers = response.headers_mut();
+    headers.insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+    headers.insert("ratelimit-policy", rule.policy.clone());
+    let state = format!("\"{}\";r=0;t={seconds}", rule.name);
+    if let Ok(value) = HeaderValue::from_str(&state) {
+        headers.insert("ratelimit", value);
+    }
+    response
+}
+
+/// The `RateLimit-Policy` and `RateLimit` headers of an allowed request.
+fn headers_for(rule: &Compiled, remaining: u32) -> Option<(HeaderValue, HeaderValue)> {
+    let state = format!(
+        "\"{}\";r={remaining};t={}",
+        rule.name,
+        rule.reset_after(remaining)
+    );
+    Some((rule.policy.clone(), HeaderValue::from_str(&state).ok()?))
 }
 
 #[cfg(test)]

@@ -52,6 +52,16 @@ pub enum RejectionKind {
     /// Not a refusal: input the gateway cleaned and passed on (markup removed from rich text,
     /// a path taken out of an upload's file name).
     Sanitized,
+    /// An account locked out for one source after too many failed logins from it (action
+    /// `lockout` when it starts, `reject` for each attempt refused during it).
+    LockedOut,
+    /// Not a refusal: a login attempt held back because of earlier failures.
+    LoginDelayed,
+    /// Not a refusal: failed logins spread over many accounts from one source, or over many
+    /// sources on one account.
+    CredentialStuffing,
+    /// The shared state (login counters, Redis) could not be reached.
+    StateUnavailable,
 }
 
 impl RejectionKind {
@@ -75,6 +85,10 @@ impl RejectionKind {
             Self::RateLimited => "rate_limited",
             Self::ScanUnavailable => "scan_unavailable",
             Self::Sanitized => "sanitized",
+            Self::LockedOut => "locked_out",
+            Self::LoginDelayed => "login_delayed",
+            Self::CredentialStuffing => "credential_stuffing",
+            Self::StateUnavailable => "state_unavailable",
         }
     }
 
@@ -91,9 +105,9 @@ impl RejectionKind {
             Self::Csrf | Self::Attack | Self::Malware => StatusCode::FORBIDDEN,
             Self::InvalidInput => StatusCode::BAD_REQUEST,
             Self::UploadRefused => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Self::ScanUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Sanitized => StatusCode::OK,
+            Self::RateLimited | Self::LockedOut => StatusCode::TOO_MANY_REQUESTS,
+            Self::ScanUnavailable | Self::StateUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Sanitized | Self::LoginDelayed | Self::CredentialStuffing => StatusCode::OK,
         }
     }
 
@@ -121,6 +135,14 @@ impl RejectionKind {
                 "The uploaded file could not be checked for malware just now. Please try again shortly."
             }
             Self::Sanitized => "The request's input was cleaned.",
+            Self::LockedOut => {
+                "Too many failed sign-in attempts for this account from your network. Please try again later."
+            }
+            Self::LoginDelayed => "The sign-in attempt was held back.",
+            Self::CredentialStuffing => "Failed sign-ins look like credential stuffing.",
+            Self::StateUnavailable => {
+                "The server cannot check sign-in attempts just now. Please try again shortly."
+            }
         }
     }
 }
@@ -218,6 +240,38 @@ pub fn record(
     );
 }
 
+/// Emits the security event of a login attempt: [`record`]'s fields and the account it was
+/// for (control characters replaced, cut to 128 characters).
+pub fn record_login(
+    kind: RejectionKind,
+    rule: &str,
+    client: Option<IpAddr>,
+    route: &str,
+    action: &'static str,
+    account: &str,
+) {
+    let account: String = account
+        .chars()
+        .take(128)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    tracing::warn!(
+        target: SECURITY_TARGET,
+        kind = kind.as_str(),
+        client = client.map(|ip| ip.to_string()).unwrap_or_default(),
+        route,
+        rule,
+        action,
+        status = kind.status().as_u16(),
+        account,
+    );
+}
+
+/// Marks a response the gateway made itself (a refusal, an error page), so that a layer
+/// further out can tell it from the application's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayMade;
+
 /// A page for `status` (a rejection's, or a gateway error such as 502), as HTML or JSON by the
 /// request's `Accept`.
 pub fn error_page<B: From<Bytes>>(
@@ -241,6 +295,7 @@ pub fn error_page<B: From<Bytes>>(
     };
     let mut response = Response::new(B::from(Bytes::from(body)));
     *response.status_mut() = status;
+    response.extensions_mut().insert(GatewayMade);
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -293,7 +348,7 @@ pub fn prefers_json(headers: &HeaderMap) -> bool {
 }
 
 /// The resolved client address, or the peer's when no resolver ran.
-fn client_of(extensions: &Extensions) -> Option<IpAddr> {
+pub(crate) fn client_of(extensions: &Extensions) -> Option<IpAddr> {
     extensions
         .get::<ClientAddr>()
         .map(|c| c.0)
@@ -301,7 +356,7 @@ fn client_of(extensions: &Extensions) -> Option<IpAddr> {
 }
 
 /// The path, without the query (which may carry tokens), cut to 256 bytes.
-fn route_of(uri: &Uri) -> String {
+pub(crate) fn route_of(uri: &Uri) -> String {
     let path = uri.path();
     let end = (0..=path.len().min(256))
         .rev()

@@ -1,4 +1,4 @@
-//! Test support shared by Palisade's crates: private moto S3, PostgreSQL, MariaDB and SMTP servers
+//! Test support shared by Palisade's crates: private moto S3, PostgreSQL, MariaDB, Redis and SMTP servers
 //! and a webhook receiver per test, each started in its own temp dir, awaited, and stopped on
 //! drop.
 //!
@@ -7,6 +7,7 @@
 pub mod mariadb;
 pub mod os_user;
 pub mod postgres;
+pub mod redis;
 pub mod smtp;
 pub mod webhook;
 

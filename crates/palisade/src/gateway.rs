@@ -44,6 +44,18 @@ pub enum GatewayCommand {
     /// Certificates.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Lift the login lockouts of an account (from every address) or of an address (on every
+    /// account), and forget their failed logins; works while the gateway runs.
+    Unlock {
+        /// An account name as the login form sends it, or an IP address.
+        target: String,
+        /// Read TARGET as an account name even when it looks like an IP address.
+        #[arg(long, conflicts_with = "address")]
+        account: bool,
+        /// Read TARGET as an IP address (an error when it is not one).
+        #[arg(long)]
+        address: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,11 +79,21 @@ pub fn run(global: &Global, args: &GatewayArgs, config_required: bool) -> Result
     }
     let config = Config::load(&global.config, config_required)?;
     let state_dir = crate::state::state_dir(&config);
-    let mut options = options(config.gateway, args)?;
-    // The CSRF key lives in the state directory unless the config names its file.
-    if options.csrf.key_file.is_none() {
-        options.csrf.key_file = state_dir.map(|dir| dir.join("csrf.key"));
+    if let Some(GatewayCommand::Unlock {
+        target,
+        account,
+        address,
+    }) = &args.command
+    {
+        let mut options = config.gateway.context(
+            "no [gateway] section in the config: unlock clears the state the gateway keeps, \
+             so give the gateway's config with --config",
+        )?;
+        in_state_dir(&mut options, state_dir.as_deref());
+        return unlock(&options, target, *account, *address, global.quiet);
     }
+    let mut options = options(config.gateway, args)?;
+    in_state_dir(&mut options, state_dir.as_deref());
     let self_signed = if options.tls.certificates.is_empty() {
         let hosts = if options.hosts.is_empty() {
             vec!["localhost".to_string()]
@@ -101,6 +123,76 @@ pub fn run(global: &Global, args: &GatewayArgs, config_required: bool) -> Result
         .build()
         .context("cannot start the gateway's runtime")?;
     runtime.block_on(serve(options, self_signed, global.quiet))?;
+    Ok(Outcome::Done)
+}
+
+/// The CSRF key and the login state live in the state directory unless the config names
+/// their files (or Redis).
+fn in_state_dir(options: &mut GatewayOptions, state_dir: Option<&std::path::Path>) {
+    if options.csrf.key_file.is_none() {
+        options.csrf.key_file = state_dir.map(|dir| dir.join("csrf.key"));
+    }
+    if options.state.path.is_none() && options.state.redis.is_none() {
+        options.state.path = state_dir.map(|dir| dir.join("gateway.sqlite"));
+    }
+}
+
+/// `palisade gateway unlock TARGET`: clears the lockouts and failure counts of an account or
+/// an address in the gateway's state (its SQLite file, or Redis).
+fn unlock(
+    options: &GatewayOptions,
+    target: &str,
+    as_account: bool,
+    as_address: bool,
+    quiet: bool,
+) -> Result<Outcome> {
+    use palisade_guard::{Unlock, ratelimit::client_key};
+    options.validate()?;
+    if options.state.path.is_none() && options.state.redis.is_none() {
+        bail!(
+            "the gateway keeps its login state in memory only (no state directory and no \
+             [gateway.state]), so there is nothing on disk to unlock; restarting the gateway \
+             clears it"
+        );
+    }
+    let brute_force = &options.brute_force;
+    let what = match (target.trim().parse::<std::net::IpAddr>(), as_account) {
+        (Ok(ip), false) => Unlock::Source(client_key(ip, brute_force.ipv6_prefix)),
+        (Err(_), false) if as_address => bail!(
+            "`{target}` is not an IP address; write it like 192.0.2.7 or 2001:db8::7, or \
+             drop --address to unlock an account"
+        ),
+        _ => {
+            let name = target.trim();
+            Unlock::Account(if brute_force.case_sensitive_accounts {
+                name.to_string()
+            } else {
+                name.to_lowercase()
+            })
+        }
+    };
+    let state = palisade_gateway::state::State::open(&options.state)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime")?;
+    let removed = runtime
+        .block_on(state.attempts().unlock(&what))
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
+    let named = match &what {
+        Unlock::Account(name) => format!("account {name}"),
+        Unlock::Source(ip) if ip.is_ipv6() => {
+            format!("address range {ip}/{}", brute_force.ipv6_prefix)
+        }
+        Unlock::Source(ip) => format!("address {ip}"),
+    };
+    if !quiet {
+        if removed == 0 {
+            println!("{named}: nothing was locked or counted");
+        } else {
+            println!("{named}: unlocked ({removed} records cleared)");
+        }
+    }
     Ok(Outcome::Done)
 }
 

@@ -177,3 +177,105 @@ fn bad_rules_name_their_setting() {
         assert!(err.starts_with(setting), "{err}");
     }
 }
+
+/// `[state]` on the Redis server at `url`, failing as `on_failure` says.
+fn redis_state(url: &str, on_failure: &str) -> String {
+    format!("[state]\nredis = \"{url}\"\non_failure = \"{on_failure}\"\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_gateways_sharing_redis_admit_exactly_the_burst() {
+    let redis = palisade_testkit::redis::RedisServer::start();
+    let upstream = Upstream::start().await;
+    let settings = format!("{LOGIN_LIMIT}{}", redis_state(&redis.url(), "open"));
+    let gateways = [
+        Arc::new(gateway(&upstream, &settings).await),
+        Arc::new(gateway(&upstream, &settings).await),
+    ];
+    let mut tasks = Vec::new();
+    for n in 0..40 {
+        let gateway = gateways[n % 2].clone();
+        tasks.push(tokio::spawn(
+            async move { gateway.send(get("/login")).await },
+        ));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        let (response, _) = task.await.unwrap();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(
+                response.headers()["ratelimit-policy"],
+                "\"login\";q=5;w=3600"
+            );
+            assert!(response.headers().contains_key(header::RETRY_AFTER));
+        }
+        statuses.push(response.status());
+    }
+    let passed = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(passed, 5, "{statuses:?}");
+    assert_eq!(upstream.received().len(), 5);
+    // The path spellings share the Redis bucket too.
+    assert_eq!(
+        gateways[1].send(get("/%6cogin/")).await.0.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn without_redis_the_configured_policy_applies_and_recovery_is_automatic() {
+    let mut redis = palisade_testkit::redis::RedisServer::start();
+    let upstream = Upstream::start().await;
+    let open = gateway(
+        &upstream,
+        &format!("{LOGIN_LIMIT}{}", redis_state(&redis.url(), "open")),
+    )
+    .await;
+    let closed = gateway(
+        &upstream,
+        &format!("{LOGIN_LIMIT}{}", redis_state(&redis.url(), "closed")),
+    )
+    .await;
+    assert_eq!(open.send(get("/login")).await.0.status(), StatusCode::OK);
+    redis.stop();
+    // Fail open: requests pass, uncounted; fail closed: 503 with the reason.
+    for _ in 0..7 {
+        assert_eq!(open.send(get("/login")).await.0.status(), StatusCode::OK);
+    }
+    let (response, body) = closed.send(get("/login")).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        String::from_utf8_lossy(&body).contains("cannot check"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    // Paths no rule covers never need Redis.
+    assert_eq!(closed.send(get("/other")).await.0.status(), StatusCode::OK);
+    redis.start_again();
+    // Back (empty, as a restarted Redis without persistence is): limits count again, which
+    // an answer shows by its RateLimit header (one let through uncounted has none).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while closed.send(get("/login")).await.0.status() != StatusCode::OK {
+        assert!(std::time::Instant::now() < deadline, "no recovery");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut statuses = Vec::new();
+    while statuses.len() < 6 {
+        let (response, _) = open.send(get("/login")).await;
+        if response.headers().contains_key("ratelimit") {
+            statuses.push(response.status());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recovery: {statuses:?}"
+        );
+    }
+    // The closed gateway's one success and the open one's four: the burst of five.
+    assert_eq!(
+        statuses,
+        [
+            [StatusCode::OK; 4].as_slice(),
+            &[StatusCode::TOO_MANY_REQUESTS; 2]
+        ]
+        .concat()
+    );
+}
