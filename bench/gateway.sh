@@ -30,6 +30,9 @@
 #   BENCH_RULES      1 (default): also the gateway with input validation on the measured paths and a
 #                    rate limit covering them (set high enough never to refuse), beside CSRF (on by
 #                    default everywhere); 0 skips it
+#   BENCH_REDIS      1 (default, with BENCH_RULES): also the same gateway with its rate limit kept in a
+#                    Redis server ([gateway.state] redis, Debian's redis-server on a loopback port), whose
+#                    CPU counts as the gateway's; 0 skips it
 set -euo pipefail
 
 BENCH_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -54,6 +57,7 @@ OUT=$OUT_ARG
 PALISADE_BIN_GIVEN=${PALISADE_BIN:-}
 BENCH_WAF=${BENCH_WAF:-1}
 BENCH_RULES=${BENCH_RULES:-1}
+BENCH_REDIS=${BENCH_REDIS:-$BENCH_RULES}
 
 RESULTS=$BENCH_DIR/gateway
 LOGS=$RESULTS/logs
@@ -96,6 +100,8 @@ WAF_PROXY_PID=""
 WAF_PROXY_WORKER_PIDS=""
 WAF_GATEWAY_PID=""
 RULES_GATEWAY_PID=""
+REDIS_GATEWAY_PID=""
+REDIS_PID=""
 # the proxies measured besides the direct baseline
 PROXIES=(gateway nginx)
 
@@ -114,7 +120,7 @@ cleanup() {
     local rc=$?
     set +e
     local g
-    for g in "$GATEWAY_PID" "$WAF_GATEWAY_PID" "$RULES_GATEWAY_PID"; do
+    for g in "$GATEWAY_PID" "$WAF_GATEWAY_PID" "$RULES_GATEWAY_PID" "$REDIS_GATEWAY_PID" "$REDIS_PID"; do
         [[ -n $g ]] && kill -0 "$g" 2>/dev/null || continue
         kill -TERM "$g"
         for _ in $(seq 50); do kill -0 "$g" 2>/dev/null || break; sleep 0.1; done
@@ -125,7 +131,7 @@ cleanup() {
         stop_nginx "$TMP/proxy-waf/nginx.pid"
         stop_nginx "$TMP/upstream/nginx.pid"
         # keep the servers' logs with the results before the temp dir goes
-        for f in upstream/error.log proxy/error.log gateway/gateway.log proxy-waf/error.log gateway-waf/gateway.log gateway-rules/gateway.log; do
+        for f in upstream/error.log proxy/error.log gateway/gateway.log proxy-waf/error.log gateway-waf/gateway.log gateway-rules/gateway.log gateway-redis/gateway.log redis/redis.log; do
             [[ -f $TMP/$f ]] && cp "$TMP/$f" "$LOGS/${f//\//-}"
         done
         rm -rf "$TMP"
@@ -341,15 +347,29 @@ EOF
     wait_port "$WAF_GATEWAY_PORT" "$WAF_GATEWAY_PID" "palisade gateway with the WAF" "$d/gateway.log"
 }
 
-# start_rules_gateway: the gateway with every default (CSRF included) plus input validation of
-# the measured paths (method, query parameters, unknown parameters refused) and a per-address
-# rate limit over them, from a palisade.toml of its own.
+# start_redis: Debian's redis-server on a loopback port, nothing written to disk.
+start_redis() {
+    local d=$TMP/redis
+    mkdir -p "$d"
+    command -v redis-server >/dev/null || need_packages redis-server
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --dir "$d" \
+        --logfile "$d/redis.log" >/dev/null 2>&1 &
+    REDIS_PID=$!
+    wait_port "$REDIS_PORT" "$REDIS_PID" "redis-server" "$d/redis.log"
+}
+
+# start_rules_gateway [redis]: the gateway with every default (CSRF included) plus input
+# validation of the measured paths (method, query parameters, unknown parameters refused) and a
+# per-address rate limit over them, from a palisade.toml of its own; with "redis", the rate
+# limit's buckets live in the Redis server of start_redis.
 start_rules_gateway() {
-    local d=$TMP/gateway-rules
+    local kind=${1:-rules} port=$RULES_GATEWAY_PORT
+    [[ $kind == redis ]] && port=$REDIS_GATEWAY_PORT
+    local d=$TMP/gateway-$kind
     mkdir -p "$d"
     cat >"$d/palisade.toml" <<EOF
 [gateway]
-listen = "127.0.0.1:$RULES_GATEWAY_PORT"
+listen = "127.0.0.1:$port"
 upstreams = ["http://127.0.0.1:$UPSTREAM_PORT"]
 [[gateway.tls.certificates]]
 cert = "$TMP/tls/cert.pem"
@@ -365,10 +385,12 @@ unknown_params = "reject"
 max_params = 10
 params.page = { type = "integer", min = 1 }
 EOF
-    (cd "$d" && exec env -u PALISADE_CONFIG -u PALISADE_LOG "$PALISADE_BIN" --config "$d/palisade.toml" gateway) \
-        >"$d/gateway.log" 2>&1 &
-    RULES_GATEWAY_PID=$!
-    wait_port "$RULES_GATEWAY_PORT" "$RULES_GATEWAY_PID" "palisade gateway with validation and rate limits" "$d/gateway.log"
+    [[ $kind == redis ]] && printf '[gateway.state]\nredis = "redis://127.0.0.1:%s/0"\n' "$REDIS_PORT" >>"$d/palisade.toml"
+    (cd "$d" && exec env -u PALISADE_CONFIG -u PALISADE_LOG PALISADE_STATE_DIR="$d/state" \
+        "$PALISADE_BIN" --config "$d/palisade.toml" gateway) >"$d/gateway.log" 2>&1 &
+    local pid=$!
+    if [[ $kind == redis ]]; then REDIS_GATEWAY_PID=$pid; else RULES_GATEWAY_PID=$pid; fi
+    wait_port "$port" "$pid" "palisade gateway with validation and rate limits ($kind)" "$d/gateway.log"
 }
 
 # modsecurity_config: the ModSecurity configuration the gateway generates (paranoia level 1), for nginx.
@@ -393,6 +415,7 @@ url() {
         gateway-waf) echo "https://localhost:$WAF_GATEWAY_PORT$path" ;;
         nginx-waf) echo "https://localhost:$WAF_PROXY_PORT$path" ;;
         gateway-rules) echo "https://localhost:$RULES_GATEWAY_PORT$path" ;;
+        gateway-redis) echo "https://localhost:$REDIS_GATEWAY_PORT$path" ;;
     esac
 }
 
@@ -458,13 +481,14 @@ run_wrk() {
     wait_quiet
     local load1 stat0 stat1 up0 up1 px0 px1 all0 all1 rc=0
     local proxy_pids="" all_pids="$UPSTREAM_PID $UPSTREAM_WORKER_PIDS $PROXY_PID $PROXY_WORKER_PIDS $GATEWAY_PID"
-    all_pids+=" $WAF_GATEWAY_PID $WAF_PROXY_PID $WAF_PROXY_WORKER_PIDS $RULES_GATEWAY_PID"
+    all_pids+=" $WAF_GATEWAY_PID $WAF_PROXY_PID $WAF_PROXY_WORKER_PIDS $RULES_GATEWAY_PID $REDIS_GATEWAY_PID $REDIS_PID"
     case $target in
         gateway) proxy_pids=$GATEWAY_PID ;;
         nginx) proxy_pids="$PROXY_PID $PROXY_WORKER_PIDS" ;;
         gateway-waf) proxy_pids=$WAF_GATEWAY_PID ;;
         nginx-waf) proxy_pids="$WAF_PROXY_PID $WAF_PROXY_WORKER_PIDS" ;;
         gateway-rules) proxy_pids=$RULES_GATEWAY_PID ;;
+        gateway-redis) proxy_pids="$REDIS_GATEWAY_PID $REDIS_PID" ;;
     esac
     load1=$(cut -d' ' -f1 /proc/loadavg)
     stat0=$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $9}' /proc/stat)
@@ -497,6 +521,8 @@ run_wrk() {
     [[ -z $WAF_GATEWAY_PID ]] || kill -0 "$WAF_GATEWAY_PID" 2>/dev/null || problems+=("WAF gateway exited")
     [[ -z $WAF_PROXY_PID ]] || kill -0 "$WAF_PROXY_PID" 2>/dev/null || problems+=("nginx WAF proxy exited")
     [[ -z $RULES_GATEWAY_PID ]] || kill -0 "$RULES_GATEWAY_PID" 2>/dev/null || problems+=("rules gateway exited")
+    [[ -z $REDIS_GATEWAY_PID ]] || kill -0 "$REDIS_GATEWAY_PID" 2>/dev/null || problems+=("Redis gateway exited")
+    [[ -z $REDIS_PID ]] || kill -0 "$REDIS_PID" 2>/dev/null || problems+=("redis-server exited")
     status=ok
     if ((${#problems[@]})); then status=$(IFS=';'; echo "${problems[*]}"); status=${status//;/; }; fi
     local secs
@@ -640,6 +666,8 @@ main() {
     WAF_PROXY_PORT=$(free_port)
     WAF_GATEWAY_PORT=$(free_port)
     RULES_GATEWAY_PORT=$(free_port)
+    REDIS_GATEWAY_PORT=$(free_port)
+    REDIS_PORT=$(free_port)
     while [[ $PROXY_PORT == "$UPSTREAM_PORT" ]]; do PROXY_PORT=$(free_port); done
     while [[ $GATEWAY_PORT == "$UPSTREAM_PORT" || $GATEWAY_PORT == "$PROXY_PORT" ]]; do GATEWAY_PORT=$(free_port); done
 
@@ -670,6 +698,13 @@ main() {
         log "palisade gateway with validation and rate limits on https://127.0.0.1:$RULES_GATEWAY_PORT (pid $RULES_GATEWAY_PID)"
         PROXIES+=(gateway-rules)
         cp "$TMP/gateway-rules/palisade.toml" "$RESULTS/gateway-rules.toml"
+    fi
+    if ((BENCH_REDIS)); then
+        start_redis
+        start_rules_gateway redis
+        log "palisade gateway with its rate limit in Redis on https://127.0.0.1:$REDIS_GATEWAY_PORT (pid $REDIS_GATEWAY_PID, redis-server $REDIS_PID)"
+        PROXIES+=(gateway-redis)
+        cp "$TMP/gateway-redis/palisade.toml" "$RESULTS/gateway-redis.toml"
     fi
     machine_env
     kv GATEWAY_CMD "palisade gateway --upstream http://127.0.0.1:UPSTREAM --listen 127.0.0.1:PORT --cert cert.pem --key key.pem" >>"$RESULTS/machine.env"

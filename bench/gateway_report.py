@@ -20,12 +20,13 @@ import sys
 from benchlib import read_env
 
 HEADING = "## Gateway against nginx"
-TARGETS = ("gateway", "gateway-rules", "nginx", "gateway-waf", "nginx-waf", "direct")
+TARGETS = ("gateway", "gateway-rules", "gateway-redis", "nginx", "gateway-waf", "nginx-waf", "direct")
 PATHS = ("html", "json")
 LOADS = ("loaded", "light")
 TARGET_LABEL = {
     "gateway": "palisade gateway (TLS)",
     "gateway-rules": "palisade gateway + validation and a rate limit",
+    "gateway-redis": "the same, its rate limit in Redis (redis-server's CPU counted)",
     "nginx": "nginx proxy (TLS)",
     "gateway-waf": "palisade gateway + WAF (OWASP CRS, paranoia level 1)",
     "nginx-waf": "nginx + ModSecurity 3 (the same CRS configuration)",
@@ -477,6 +478,16 @@ def reading(agg, rewrote, connections=None):
             if r["cpu_us"] and g["cpu_us"]:
                 s += f", {r['cpu_us'] - g['cpu_us']:+.0f} µs of CPU per request"
             s += "."
+            x = agg.get(("loaded", p, "gateway-redis"))
+            if x and x["rps"]:
+                s += (f" With that rate limit kept in Redis (one Lua call per request), {fmt_rps(x['rps'])} req/s "
+                      f"({(x['rps'] / r['rps'] - 1) * 100:+.1f} % against the limit in process)")
+                if x["cpu_us"] and r["cpu_us"]:
+                    s += f", {x['cpu_us'] - r['cpu_us']:+.0f} µs of CPU per request, Redis's included"
+                xl, rl = agg.get(("light", p, "gateway-redis")), agg.get(("light", p, "gateway-rules"))
+                if xl and rl and xl["p99"] is not None and rl["p99"] is not None:
+                    s += f"; one request at a time its p99 moved {fmt_delta_ms(xl['p99'] - rl['p99'])}"
+                s += "."
         out.append(s)
     gh, gj = agg.get(("loaded", "html", "gateway")), agg.get(("loaded", "json", "gateway"))
     nh, nj = agg.get(("loaded", "html", "nginx")), agg.get(("loaded", "json", "nginx"))

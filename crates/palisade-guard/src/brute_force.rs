@@ -86,6 +86,8 @@ pub struct BruteForceOptions {
     pub max_delayed: usize,
     /// Whether `Alice` and `alice` are one account.
     pub case_sensitive_accounts: bool,
+    /// Whether `/Login` is the same endpoint as `/login`.
+    pub case_insensitive_paths: bool,
     /// The prefix length IPv6 sources are keyed by.
     pub ipv6_prefix: u8,
 }
@@ -107,6 +109,7 @@ impl Default for BruteForceOptions {
             stuffing_window: Duration::from_secs(10 * 60),
             max_delayed: 256,
             case_sensitive_accounts: false,
+            case_insensitive_paths: false,
             ipv6_prefix: 64,
         }
     }
@@ -373,7 +376,7 @@ impl BruteForceLayer {
             .logins
             .iter()
             .map(|login| Endpoint {
-                path: normalize_path(&login.path, false),
+                path: normalize_path(&login.path, options.case_insensitive_paths),
                 method: Method::from_bytes(login.method.to_ascii_uppercase().as_bytes())
                     .expect("validated"),
                 field: login.username_field.clone(),
@@ -430,7 +433,7 @@ impl Shared {
         if self.endpoints.is_empty() {
             return None;
         }
-        let path = normalize_path(path, false);
+        let path = normalize_path(path, self.options.case_insensitive_paths);
         self.endpoints
             .iter()
             .position(|e| e.method == *method && e.path == path)

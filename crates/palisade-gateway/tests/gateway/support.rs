@@ -229,6 +229,9 @@ async fn answer(
             let session = format!("session=s{}; Path=/; HttpOnly", log.lock().unwrap().len());
             headers.append("set-cookie", session.parse().unwrap());
         }
+        "/signin" | "/signin-marker" | "/signin-redirect" if parts.method == http::Method::POST => {
+            login(&path, &parts.headers, &body, &mut response);
+        }
         "/page-gzip" => {
             // Not really gzip: the gateway must pass it through untouched either way.
             headers.insert("content-type", "text/html".parse().unwrap());
@@ -242,6 +245,45 @@ async fn answer(
         _ => {}
     }
     Ok(response)
+}
+
+/// The password every test account has.
+pub const PASSWORD: &str = "correct horse";
+
+/// A login form's answer, told three ways: `/signin` says 401, `/signin-marker` says so in a
+/// 200 page, `/signin-redirect` sends back to the form with `?error`. The account and
+/// password come as a form or as JSON (`{"user": {"name": ...}, "password": ...}`).
+fn login(path: &str, headers: &HeaderMap, body: &[u8], response: &mut Response<Body>) {
+    let json = headers
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let password = if json {
+        serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["password"].as_str().map(String::from))
+    } else {
+        form_urlencoded::parse(body)
+            .find(|(name, _)| name == "password")
+            .map(|(_, value)| value.into_owned())
+    };
+    let ok = password.as_deref() == Some(PASSWORD);
+    match (path, ok) {
+        ("/signin", true) | ("/signin-redirect", true) => {
+            *response.status_mut() = StatusCode::SEE_OTHER;
+            response
+                .headers_mut()
+                .insert("location", "/home".parse().unwrap());
+        }
+        ("/signin", false) => *response.status_mut() = StatusCode::UNAUTHORIZED,
+        ("/signin-redirect", false) => {
+            *response.status_mut() = StatusCode::FOUND;
+            response
+                .headers_mut()
+                .insert("location", "/signin?error=1".parse().unwrap());
+        }
+        (_, true) => *response.body_mut() = Body::from("<p>Welcome back</p>"),
+        (_, false) => *response.body_mut() = Body::from("<p>Invalid username or password</p>"),
+    }
 }
 
 /// The application's page at `/page`: inline code of its own, and a stored XSS that got into

@@ -330,3 +330,129 @@ fn config_check_names_upload_and_rich_text_mistakes() {
         stderr(&out)
     );
 }
+
+/// Ten failed logins of `account` from `source` into the gateway's state file: a lockout,
+/// with the default settings.
+fn lock_out(path: &std::path::Path, account: &str, source: &str) {
+    use palisade_guard::{AttemptStore, SqliteAttempts, attempts::Attempt};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store = SqliteAttempts::open(path).unwrap();
+    let attempt = Attempt {
+        account: account.into(),
+        source: source.parse().unwrap(),
+    };
+    let policy = policy();
+    for _ in 0..10 {
+        runtime
+            .block_on(store.failed(&attempt, &policy, std::time::SystemTime::now()))
+            .unwrap();
+    }
+    assert!(locked(path, account, source));
+}
+
+fn policy() -> palisade_guard::attempts::Policy {
+    palisade_guard::attempts::Policy {
+        half_life: std::time::Duration::from_secs(900),
+        lockout_after: 10,
+        challenge_after: 5,
+        lockout: std::time::Duration::from_secs(900),
+        stuffing_accounts: 10,
+        stuffing_sources: 10,
+        stuffing_window: std::time::Duration::from_secs(600),
+    }
+}
+
+fn locked(path: &std::path::Path, account: &str, source: &str) -> bool {
+    use palisade_guard::{AttemptStore, SqliteAttempts, attempts::Attempt};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store = SqliteAttempts::open(path).unwrap();
+    let attempt = Attempt {
+        account: account.into(),
+        source: source.parse().unwrap(),
+    };
+    runtime
+        .block_on(store.standing(&attempt, &policy(), std::time::SystemTime::now()))
+        .unwrap()
+        .locked_until
+        .is_some()
+}
+
+#[test]
+fn unlock_lifts_lockouts_of_an_account_or_an_address_in_the_state_file() {
+    let env = Env::new();
+    std::fs::write(
+        env.path("palisade.toml"),
+        "[gateway]\nupstreams = [\"http://127.0.0.1:3000\"]\n\
+         [[gateway.brute_force.logins]]\npath = \"/signin\"\n",
+    )
+    .unwrap();
+    let state = env.path("state/gateway.sqlite");
+    std::fs::create_dir_all(env.path("state")).unwrap();
+    lock_out(&state, "alice", "192.0.2.1");
+    lock_out(&state, "alice", "192.0.2.2");
+    lock_out(&state, "bob", "2001:db8:1:2::");
+    lock_out(&state, "carol", "192.0.2.3");
+
+    // An account, however it is capitalised, from every address.
+    let out = bare(&env)
+        .args(["gateway", "unlock", "Alice"])
+        .output()
+        .unwrap();
+    assert_status(&out, 0, "unlock Alice");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.starts_with("account alice: unlocked ("), "{said}");
+    assert!(!locked(&state, "alice", "192.0.2.1"));
+    assert!(!locked(&state, "alice", "192.0.2.2"));
+    assert!(locked(&state, "carol", "192.0.2.3"));
+
+    // Any address of an IPv6 /64 is the /64.
+    let out = bare(&env)
+        .args(["gateway", "unlock", "2001:db8:1:2:aaaa::77"])
+        .output()
+        .unwrap();
+    assert_status(&out, 0, "unlock an IPv6 address");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with("address range 2001:db8:1:2::/64: unlocked"),
+        "{said}"
+    );
+    assert!(!locked(&state, "bob", "2001:db8:1:2::"));
+
+    // An address read as an account name only when asked.
+    let out = bare(&env)
+        .args(["gateway", "unlock", "--account", "192.0.2.3"])
+        .output()
+        .unwrap();
+    assert_status(&out, 0, "unlock --account");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing was locked"));
+    assert!(locked(&state, "carol", "192.0.2.3"));
+    let out = bare(&env)
+        .args(["gateway", "unlock", "192.0.2.3"])
+        .output()
+        .unwrap();
+    assert_status(&out, 0, "unlock an address");
+    assert!(!locked(&state, "carol", "192.0.2.3"));
+
+    let out = bare(&env)
+        .args(["gateway", "unlock", "--address", "carol"])
+        .output()
+        .unwrap();
+    assert_status(&out, 1, "unlock --address carol");
+    assert!(
+        stderr(&out).contains("not an IP address"),
+        "{}",
+        stderr(&out)
+    );
+
+    std::fs::write(env.path("palisade.toml"), "").unwrap();
+    let out = bare(&env)
+        .args(["gateway", "unlock", "alice"])
+        .output()
+        .unwrap();
+    assert_status(&out, 1, "unlock without [gateway]");
+    assert!(
+        stderr(&out).contains("no [gateway] section"),
+        "{}",
+        stderr(&out)
+    );
+}
