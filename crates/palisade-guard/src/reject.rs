@@ -52,6 +52,9 @@ pub enum RejectionKind {
     /// Not a refusal: input the gateway cleaned and passed on (markup removed from rich text,
     /// a path taken out of an upload's file name).
     Sanitized,
+    /// A request that must first be let through by a challenge (a proof of work, or a CAPTCHA
+    /// when one is configured), or an answer to a challenge that was refused.
+    ChallengeRequired,
 }
 
 impl RejectionKind {
@@ -75,6 +78,7 @@ impl RejectionKind {
             Self::RateLimited => "rate_limited",
             Self::ScanUnavailable => "scan_unavailable",
             Self::Sanitized => "sanitized",
+            Self::ChallengeRequired => "challenge_required",
         }
     }
 
@@ -88,7 +92,11 @@ impl RejectionKind {
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::SlowHeaders | Self::SlowBody => StatusCode::REQUEST_TIMEOUT,
             Self::CspViolation => StatusCode::NO_CONTENT,
-            Self::Csrf | Self::Attack | Self::Malware => StatusCode::FORBIDDEN,
+            // 403, not 429: the client must act (solve the challenge), and waiting does not
+            // help, while clients and libraries retry a 429 by themselves after a pause.
+            Self::Csrf | Self::Attack | Self::Malware | Self::ChallengeRequired => {
+                StatusCode::FORBIDDEN
+            }
             Self::InvalidInput => StatusCode::BAD_REQUEST,
             Self::UploadRefused => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -121,6 +129,9 @@ impl RejectionKind {
                 "The uploaded file could not be checked for malware just now. Please try again shortly."
             }
             Self::Sanitized => "The request's input was cleaned.",
+            Self::ChallengeRequired => {
+                "Before this request can go on, your browser must pass a quick check. It runs by itself and takes a few seconds."
+            }
         }
     }
 }
@@ -161,7 +172,8 @@ impl Rejection {
     }
 
     /// Emits the security event for a request with these parts that is let through with
-    /// `action` (`log`, or `sanitize` for input that was cleaned), without a response.
+    /// `action` (`log`, or `sanitize` for input that was cleaned), or answered by the caller
+    /// itself (`challenge` for a challenge page), without a response.
     pub fn record_as(&self, uri: &Uri, extensions: &Extensions, action: &'static str) {
         record(
             self.kind,
@@ -254,18 +266,28 @@ pub fn error_page<B: From<Bytes>>(
 }
 
 fn html_page(status: StatusCode, message: &str, kind: Option<RejectionKind>) -> String {
-    let code = status.as_u16();
+    let title = format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error")
+    );
     let message = html_escape::encode_text(message);
-    let reason = status.canonical_reason().unwrap_or("Error");
+    branded_page(&title, &format!("<p>{message}</p>"), kind)
+}
+
+/// The gateway's own page: `title` (text) as its heading, then `body` (HTML, encoded by the
+/// caller), then the gateway's name and the kind.
+pub(crate) fn branded_page(title: &str, body: &str, kind: Option<RejectionKind>) -> String {
+    let title = html_escape::encode_text(title);
     let tag = kind
         .map(|k| format!(" · {}", k.as_str()))
         .unwrap_or_default();
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width\"><title>{code} {reason}</title>\
+         <meta name=\"viewport\" content=\"width=device-width\"><title>{title}</title>\
          <style>body{{font:16px/1.5 system-ui,sans-serif;max-width:36rem;margin:4rem auto;\
-         padding:0 1rem;color:#222}}small{{color:#666}}</style></head>\
-         <body><h1>{code} {reason}</h1><p>{message}</p>\
+         padding:0 1rem;color:#222}}small{{color:#666}}progress{{width:100%}}</style></head>\
+         <body><h1>{title}</h1>{body}\
          <p><small>Palisade gateway{tag}</small></p></body></html>\n"
     )
 }
@@ -293,7 +315,7 @@ pub fn prefers_json(headers: &HeaderMap) -> bool {
 }
 
 /// The resolved client address, or the peer's when no resolver ran.
-fn client_of(extensions: &Extensions) -> Option<IpAddr> {
+pub(crate) fn client_of(extensions: &Extensions) -> Option<IpAddr> {
     extensions
         .get::<ClientAddr>()
         .map(|c| c.0)
