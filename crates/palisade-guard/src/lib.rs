@@ -6,6 +6,7 @@
 //! response built by [`reject`] and emits one security event; see `docs/gateway.md`.
 
 pub mod body;
+pub mod challenge;
 pub mod clamav;
 pub mod client_ip;
 pub mod csp;
@@ -27,6 +28,10 @@ pub mod upload;
 pub mod validate;
 
 pub use body::{Body, BoxError};
+pub use challenge::{
+    BadChallengeSetting, ChallengeLayer, ChallengeOptions, ChallengeProvider, ChallengeStoreError,
+    Challenges, MemorySpent, SpentChallenges,
+};
 pub use clamav::{ClamavOptions, Clamd, WhenUnavailable};
 pub use client_ip::{ClientAddr, ClientIpLayer, ClientIpOptions, Peer};
 pub use csp::{CspLayer, CspMode, CspOptions, CspPolicy, DirectiveValue, PageNonce};
