@@ -12,7 +12,7 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use palisade_guard::{
-    Body, BoxError, ClientIpLayer, CspLayer, CspReportLayer, CsrfKey, CsrfLayer,
+    Body, BoxError, Challenges, ClientIpLayer, CspLayer, CspReportLayer, CsrfKey, CsrfLayer,
     HttpsRedirectLayer, HttpsRedirectOptions, Peer, RateLimitLayer, RejectionKind, RichTextLayer,
     SecurityHeadersLayer, SecurityTxtLayer, UploadLayer, ValidateLayer,
 };
@@ -28,7 +28,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use crate::{
     Error, GatewayOptions,
     body_timeout::BodyTimeout,
-    csrf_key,
+    challenge, csrf_key,
     framing::{RefuseFlaggedLayer, Verdicts, Watched, Watcher},
     idle::IdleTimeout,
     options::{self, upstream_uri},
@@ -50,6 +50,7 @@ pub struct Gateway {
     pool: Arc<Pool>,
     connector: Connector,
     csrf_key: CsrfKey,
+    challenges: Challenges,
     waf: Option<Arc<dyn palisade_waf::RuleEngine>>,
 }
 
@@ -111,13 +112,16 @@ impl Gateway {
         )?;
         let waf = palisade_waf::engine(&options.waf, options.limits.max_body_bytes)
             .map_err(|err| bad(format!("waf.{}", err.setting()), err.message()))?;
+        let csrf_key = csrf_key::load(&options.csrf)?;
+        let challenges = challenge::build(&options.challenge, &csrf_key)?;
         Ok(Self {
             waf,
+            challenges,
             acceptor: TlsAcceptor::from(Arc::new(config)),
             pool: Arc::new(Pool::new(uris)),
             connector,
             certs,
-            csrf_key: csrf_key::load(&options.csrf)?,
+            csrf_key,
             https,
             http,
             options,
@@ -136,6 +140,13 @@ impl Gateway {
         self.http
             .as_ref()
             .map(|l| l.local_addr().expect("a bound listener has an address"))
+    }
+
+    /// The challenges the HTTPS listener serves at `challenge.path`: a layer that must make a
+    /// client prove itself (the login brute-force protection) demands one with
+    /// [`Challenges::demand`] and lets it through once [`Challenges::has_pass`].
+    pub fn challenges(&self) -> &Challenges {
+        &self.challenges
     }
 
     /// A handle that rereads the certificate files (on SIGHUP, say).
@@ -188,7 +199,7 @@ impl Gateway {
         Ok(())
     }
 
-    /// The layer stacks: HTTPS (headers, client address, security.txt, proxy) and plain HTTP
+    /// The layer stacks: HTTPS (headers, client address, challenges, security.txt, proxy) and plain HTTP
     /// (headers, client address, redirect, with ACME challenges to the proxy).
     fn services(&self) -> Result<(impl GatewayService, impl GatewayService), Error> {
         let options = &self.options;
@@ -255,6 +266,7 @@ impl Gateway {
             .layer(ClientIpLayer::new(options.client_ip.clone()))
             .layer(RefuseFlaggedLayer)
             .option_layer(rate_limit)
+            .layer(self.challenges.layer())
             .option_layer(security_txt)
             .option_layer(options.csp_report.clone().map(CspReportLayer::new))
             .layer(csrf)

@@ -1,6 +1,7 @@
 //! Integration tests: a real upstream on loopback, the gateway in front of it, and real
 //! clients (raw bytes over TLS, hyper, curl). One module per area.
 
+mod challenge;
 mod clamd;
 mod csrf;
 mod forms;

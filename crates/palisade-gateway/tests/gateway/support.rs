@@ -277,6 +277,8 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     pub http_addr: Option<SocketAddr>,
     pub reloader: palisade_gateway::CertReloader,
+    /// The gateway's challenges, to check a pass with.
+    pub challenges: palisade_guard::Challenges,
     pub ca: PathBuf,
     _dir: tempfile::TempDir,
     _stop: oneshot::Sender<()>,
@@ -303,10 +305,11 @@ impl TestGateway {
         let ca = options.tls.certificates[0].cert.clone();
         let gateway = Gateway::bind(options, None).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let (addr, http_addr, reloader) = (
+        let (addr, http_addr, reloader, challenges) = (
             gateway.local_addr(),
             gateway.http_local_addr(),
             gateway.reloader(),
+            gateway.challenges().clone(),
         );
         tokio::spawn(gateway.run(async {
             let _ = stopped.await;
@@ -315,6 +318,7 @@ impl TestGateway {
             addr,
             http_addr,
             reloader,
+            challenges,
             ca,
             _dir: dir,
             _stop: stop,
