@@ -141,7 +141,7 @@ impl std::fmt::Display for ChallengeProvider {
 #[serde(deny_unknown_fields, default)]
 pub struct ChallengeOptions {
     /// Leading zero bits of SHA-256 a solution needs when the gateway is quiet; each bit
-    /// doubles the work. 16 takes a browser about a second.
+    /// doubles the work. 16 takes a desktop browser half a second on average.
     pub difficulty: u8,
     /// The most bits the load may raise it to.
     pub max_difficulty: u8,
@@ -226,7 +226,7 @@ impl ChallengeOptions {
         if !(1..=32).contains(&self.difficulty) {
             return Err(bad(
                 "difficulty",
-                "must be between 1 and 32 bits; 16 (the default) takes a browser about a \
+                "must be between 1 and 32 bits; 16 (the default) takes a browser under a \
                  second, and each bit more doubles that",
             ));
         }
