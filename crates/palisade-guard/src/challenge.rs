@@ -878,8 +878,8 @@ impl Verifier {
                 ));
             }
         }
-        let provider_ring = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider_ring)
+        let crypto = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(crypto)
             .with_safe_default_protocol_versions()
             .map_err(|err| bad("verify_url", format!("TLS: {err}")))?
             .with_root_certificates(roots)
