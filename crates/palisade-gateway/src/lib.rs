@@ -5,6 +5,7 @@
 //! file; `docs/gateway.md` describes what it does and why.
 
 mod body_timeout;
+mod challenge;
 mod csrf_key;
 mod framing;
 mod idle;

@@ -4,9 +4,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use http::Uri;
 use palisade_guard::{
-    BruteForceOptions, ClamavOptions, ClientIpOptions, CspOptions, CspReportOptions, CsrfOptions,
-    CsrfRouteOptions, RateLimitOptions, RichTextOptions, SecurityHeadersOptions,
-    SecurityTxtOptions, UploadOptions, ValidationOptions, WhenStateFails,
+    BruteForceOptions, ChallengeOptions, ClamavOptions, ClientIpOptions, CspOptions,
+    CspReportOptions, CsrfOptions, CsrfRouteOptions, RateLimitOptions, RichTextOptions,
+    SecurityHeadersOptions, SecurityTxtOptions, UploadOptions, ValidationOptions, WhenStateFails,
 };
 use palisade_waf::WafOptions;
 use serde::{Deserialize, Deserializer};
@@ -67,6 +67,10 @@ pub struct GatewayOptions {
     /// Where login counters, lockouts and spent challenges are kept.
     #[serde(default)]
     pub state: StateOptions,
+    /// Proof-of-work challenges (or a CAPTCHA) that other protections can demand, served at
+    /// their own path.
+    #[serde(default)]
+    pub challenge: ChallengeOptions,
     /// Trusted proxies in front of the gateway.
     #[serde(default)]
     pub client_ip: ClientIpOptions,
@@ -374,6 +378,7 @@ impl GatewayOptions {
             rate_limit: RateLimitOptions::default(),
             brute_force: BruteForceOptions::default(),
             state: StateOptions::default(),
+            challenge: ChallengeOptions::default(),
             client_ip: ClientIpOptions::default(),
             limits: Limits::default(),
             timeouts: Timeouts::default(),
@@ -474,6 +479,10 @@ impl GatewayOptions {
         if let Some(url) = &self.state.redis {
             crate::state::check_redis_url(url).map_err(|message| bad("state.redis", message))?;
         }
+        self.challenge
+            .validate()
+            .map_err(|err| bad(&format!("challenge.{}", err.setting), err.message))?;
+        crate::challenge::read_secret(&self.challenge)?;
         self.validate_waf()?;
         if let Some(txt) = &self.security_txt {
             txt.validate()
@@ -669,6 +678,35 @@ mod tests {
             panic!("accepted")
         };
         assert_eq!(setting, "waf.paranoia_level");
+    }
+
+    #[test]
+    fn a_challenge_provider_needs_a_readable_secret_file() {
+        let mut options = GatewayOptions::new("http://127.0.0.1:1");
+        options.challenge.provider = palisade_guard::ChallengeProvider::Hcaptcha;
+        options.challenge.site_key = Some("10000000-ffff-ffff-ffff-000000000001".into());
+        let Err(Error::BadSetting { setting, message }) = options.validate() else {
+            panic!("accepted")
+        };
+        assert_eq!(setting, "challenge.secret_file");
+        assert!(
+            message.contains("/etc/palisade/hcaptcha.secret"),
+            "{message}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        options.challenge.secret_file = Some(dir.path().join("hcaptcha.secret"));
+        let Err(Error::BadSetting { setting, message }) = options.validate() else {
+            panic!("accepted")
+        };
+        assert_eq!(setting, "challenge.secret_file");
+        assert!(message.contains("cannot read"), "{message}");
+        std::fs::write(dir.path().join("hcaptcha.secret"), "0x0000-secret\n").unwrap();
+        options.validate().unwrap();
+        options.challenge.max_difficulty = 8;
+        let Err(Error::BadSetting { setting, .. }) = options.validate() else {
+            panic!("accepted")
+        };
+        assert_eq!(setting, "challenge.max_difficulty");
     }
 
     #[test]

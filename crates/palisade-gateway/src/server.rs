@@ -12,9 +12,9 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use palisade_guard::{
-    Body, BoxError, ClientIpLayer, CspLayer, CspReportLayer, CsrfKey, CsrfLayer,
-    HttpsRedirectLayer, HttpsRedirectOptions, Peer, RateLimitLayer, RejectionKind, RichTextLayer,
-    SecurityHeadersLayer, SecurityTxtLayer, UploadLayer, ValidateLayer,
+    Body, BoxError, BruteForceLayer, Challenges, ClientIpLayer, CspLayer, CspReportLayer, CsrfKey,
+    CsrfLayer, HttpsRedirectLayer, HttpsRedirectOptions, Peer, RateLimitLayer, RejectionKind,
+    RichTextLayer, SecurityHeadersLayer, SecurityTxtLayer, UploadLayer, ValidateLayer,
 };
 use palisade_waf::WafLayer;
 use tokio::{
@@ -28,7 +28,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use crate::{
     Error, GatewayOptions,
     body_timeout::BodyTimeout,
-    csrf_key,
+    challenge, csrf_key,
     framing::{RefuseFlaggedLayer, Verdicts, Watched, Watcher},
     idle::IdleTimeout,
     options::{self, upstream_uri},
@@ -51,6 +51,7 @@ pub struct Gateway {
     pool: Arc<Pool>,
     connector: Connector,
     csrf_key: CsrfKey,
+    challenges: Challenges,
     waf: Option<Arc<dyn palisade_waf::RuleEngine>>,
     state: State,
 }
@@ -113,14 +114,18 @@ impl Gateway {
         )?;
         let waf = palisade_waf::engine(&options.waf, options.limits.max_body_bytes)
             .map_err(|err| bad(format!("waf.{}", err.setting()), err.message()))?;
+        let csrf_key = csrf_key::load(&options.csrf)?;
+        let state = State::open(&options.state)?;
+        let challenges = challenge::build(&options.challenge, &csrf_key, state.spent())?;
         Ok(Self {
             waf,
+            challenges,
             acceptor: TlsAcceptor::from(Arc::new(config)),
             pool: Arc::new(Pool::new(uris)),
             connector,
             certs,
-            csrf_key: csrf_key::load(&options.csrf)?,
-            state: State::open(&options.state)?,
+            csrf_key,
+            state,
             https,
             http,
             options,
@@ -139,6 +144,13 @@ impl Gateway {
         self.http
             .as_ref()
             .map(|l| l.local_addr().expect("a bound listener has an address"))
+    }
+
+    /// The challenges the HTTPS listener serves at `challenge.path`: a layer that must make a
+    /// client prove itself (the login brute-force protection) demands one with
+    /// [`Challenges::demand`] and lets it through once [`Challenges::has_pass`].
+    pub fn challenges(&self) -> &Challenges {
+        &self.challenges
     }
 
     /// A handle that rereads the certificate files (on SIGHUP, say).
@@ -191,7 +203,7 @@ impl Gateway {
         Ok(())
     }
 
-    /// The layer stacks: HTTPS (headers, client address, security.txt, proxy) and plain HTTP
+    /// The layer stacks: HTTPS (headers, client address, challenges, security.txt, proxy) and plain HTTP
     /// (headers, client address, redirect, with ACME challenges to the proxy).
     fn services(&self) -> Result<(impl GatewayService, impl GatewayService), Error> {
         let options = &self.options;
@@ -263,6 +275,8 @@ impl Gateway {
             .layer(ClientIpLayer::new(options.client_ip.clone()))
             .layer(RefuseFlaggedLayer)
             .option_layer(rate_limit)
+            .layer(self.challenges.layer())
+            .option_layer(self.brute_force_layer()?)
             .option_layer(security_txt)
             .option_layer(options.csp_report.clone().map(CspReportLayer::new))
             .layer(csrf)
@@ -295,6 +309,25 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// Brute-force protection, when logins are listed: counts in the state store, challenges
+    /// from [`Gateway::challenges`], the rate limits' allow list.
+    fn brute_force_layer(&self) -> Result<Option<BruteForceLayer>, Error> {
+        let options = &self.options;
+        if options.brute_force.logins.is_empty() {
+            return Ok(None);
+        }
+        BruteForceLayer::new(
+            &options.brute_force,
+            self.state.attempts(),
+            Arc::new(self.challenges.clone()),
+            options.rate_limit.allow.clone(),
+            options.state.on_failure,
+            usize::try_from(options.limits.max_body_bytes).unwrap_or(usize::MAX),
+        )
+        .map(Some)
+        .map_err(|err| bad(format!("brute_force.{}", err.setting), err.message))
+    }
+
     /// The upload checks, when a route has `upload` rules.
     fn upload_layer(&self) -> Result<Option<UploadLayer>, Error> {
         let options = &self.options;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use palisade_guard::{AttemptStore, RedisState, SqliteAttempts};
+use palisade_guard::{AttemptStore, RedisState, SpentChallenges, SqliteAttempts};
 
 use crate::{Error, options::StateOptions};
 
@@ -58,6 +58,16 @@ impl State {
     /// The store of login failures and lockouts.
     pub fn attempts(&self) -> Arc<dyn AttemptStore> {
         self.attempts.clone()
+    }
+
+    /// Where answered challenges are spent: the same store, so that a solution works once
+    /// across restarts and, with Redis, across gateways.
+    pub fn spent(&self) -> Arc<dyn SpentChallenges> {
+        match (&self.redis, &self.sqlite) {
+            (Some(redis), _) => Arc::new(redis.clone()),
+            (None, Some(sqlite)) => Arc::new(sqlite.clone()),
+            (None, None) => unreachable!("a state is SQLite or Redis"),
+        }
     }
 
     /// The Redis connection, when the state is shared.

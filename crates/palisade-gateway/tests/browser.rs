@@ -1,6 +1,7 @@
 //! A real browser (Debian's headless Chromium) loads a page through the gateway: the page's own
 //! inline code runs with its nonce, and a stored XSS in it is blocked by the default policy, or
-//! only reported in report-only mode. `PALISADE_CHROMIUM` names the browser, `/usr/bin/chromium`
+//! only reported in report-only mode; the challenge page's script solves its proof of work and
+//! the browser comes back with the pass. `PALISADE_CHROMIUM` names the browser, `/usr/bin/chromium`
 //! by default; the test fails when it is missing, as every test whose server is missing.
 
 #[path = "gateway/support.rs"]
@@ -25,7 +26,7 @@ fn chromium() -> PathBuf {
     path
 }
 
-/// The page's DOM after its scripts ran, as Chromium saw it.
+/// The page's DOM after its scripts ran (and the navigations they started), as Chromium saw it.
 async fn dom_of(url: &str) -> String {
     let (success, dom, stderr) = load(url).await;
     assert!(
@@ -129,4 +130,49 @@ async fn an_unchanged_app_sends_its_csrf_token_with_fetch_xhr_and_forms() {
     let body = String::from_utf8_lossy(&submitted.body);
     assert!(body.starts_with("palisade_csrf="), "{body}");
     assert!(body.ends_with("&q=1"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_challenge_page_solves_itself_and_the_browser_returns_with_a_pass() {
+    let upstream = Upstream::start().await;
+    let mut options = options(&upstream);
+    // Low, so that the test is fast; 16, the default, takes this Chromium half a second more.
+    let difficulty = 8;
+    options.challenge.difficulty = difficulty;
+    options.challenge.max_difficulty = difficulty;
+    let gateway = TestGateway::start(options).await;
+    let started = std::time::Instant::now();
+    // The page's script hashes, posts the form, and follows the 303 back to /page.
+    let dom = dom_of(&gateway.url("/.well-known/palisade/challenge?return=/page")).await;
+    let took = started.elapsed();
+    assert!(dom.contains("data-inline=\"ran\""), "{dom}");
+    let received = upstream.received();
+    assert!(
+        received
+            .iter()
+            .all(|r| !r.target.contains("/.well-known/palisade/")),
+        "the challenge path reached the upstream: {received:?}"
+    );
+    let page = received
+        .iter()
+        .find(|r| r.target == "/page")
+        .unwrap_or_else(|| panic!("never came back to /page: {received:?}"));
+    let cookie = page
+        .headers
+        .get("cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(cookie.contains("__Host-palisade-pass="), "{cookie:?}");
+    assert!(
+        gateway
+            .challenges
+            .has_pass(&page.headers, "127.0.0.1".parse().unwrap()),
+        "{cookie}"
+    );
+    assert!(
+        !gateway
+            .challenges
+            .has_pass(&page.headers, "192.0.2.1".parse().unwrap())
+    );
+    eprintln!("Chromium solved difficulty {difficulty} and came back in {took:?}");
 }

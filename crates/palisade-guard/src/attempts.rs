@@ -376,7 +376,7 @@ fn count_failure(
 ) -> rusqlite::Result<AfterFailure> {
     let now = from_millis(millis(now));
     db.failures += 1;
-    let prune = db.failures % PRUNE_EVERY == 0;
+    let prune = db.failures.is_multiple_of(PRUNE_EVERY);
     let tx = db
         .conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -513,6 +513,21 @@ impl AttemptStore for SqliteAttempts {
             };
             tx.commit()?;
             Ok(removed as u64)
+        })
+    }
+}
+
+impl crate::challenge::SpentChallenges for SqliteAttempts {
+    fn spend(
+        &self,
+        id: [u8; 16],
+        expires_at: SystemTime,
+    ) -> BoxFuture<Result<bool, crate::challenge::ChallengeStoreError>> {
+        let spent = SqliteAttempts::spend(self, id, expires_at);
+        Box::pin(async move {
+            spent
+                .await
+                .map_err(|err| crate::challenge::ChallengeStoreError::new(err.to_string()))
         })
     }
 }

@@ -327,6 +327,16 @@ pub trait ChallengeGate: Send + Sync + std::fmt::Debug {
     fn demand(&self, req: &Request<Bytes>, client: IpAddr, return_to: &str) -> Response<Body>;
 }
 
+impl ChallengeGate for crate::challenge::Challenges {
+    fn has_pass(&self, headers: &HeaderMap, client: IpAddr) -> bool {
+        crate::challenge::Challenges::has_pass(self, headers, client)
+    }
+
+    fn demand(&self, req: &Request<Bytes>, client: IpAddr, return_to: &str) -> Response<Body> {
+        crate::challenge::Challenges::demand(self, req, client, return_to)
+    }
+}
+
 /// How long a login's answer may be for its body to be searched for `failure_body`.
 const MAX_SCANNED_BODY: usize = 256 * 1024;
 
@@ -705,8 +715,9 @@ async fn search(mut body: Body, marker: &[u8]) -> (bool, Body) {
                 let found = contains(&seen);
                 return (found, Body::from(seen.freeze()));
             }
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => {
+            // Trailers (not data) of a login page are not worth keeping.
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
                     seen.extend_from_slice(&data);
                     if seen.len() > MAX_SCANNED_BODY {
                         let head = seen.freeze();
@@ -718,9 +729,7 @@ async fn search(mut body: Body, marker: &[u8]) -> (bool, Body) {
                         return (found, Body::new(StreamBody::new(first.chain(rest))));
                     }
                 }
-                // Trailers of a login page are not worth keeping.
-                Err(_) => {}
-            },
+            }
             Some(Err(err)) => {
                 let failed =
                     futures_util::stream::once(std::future::ready(Err::<Frame<Bytes>, _>(err)));

@@ -248,6 +248,14 @@ impl CsrfKey {
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
+
+    /// A key for another purpose, derived from this one: HMAC-SHA-256 of `label`. Keys of
+    /// different labels are unrelated, and none of them reveals this key or another.
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
 }
 
 fn random<const N: usize>() -> [u8; N] {
@@ -407,7 +415,7 @@ fn fresh_own_value() -> String {
 }
 
 /// The `name=value` pairs of a request's `Cookie` headers (RFC 6265 section 5.4).
-fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+pub(crate) fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -1005,6 +1013,17 @@ mod tests {
             verify(&key, &binding, &altered, 1_000_000, 3600),
             Err("csrf-token-invalid")
         );
+    }
+
+    #[test]
+    fn derived_keys_differ_by_label_and_from_the_key() {
+        let key = CsrfKey::from_bytes(&[7; 32]).unwrap();
+        let challenge = key.derive("palisade challenge v1");
+        assert_eq!(challenge, key.derive("palisade challenge v1"));
+        assert_ne!(challenge, key.derive("palisade challenge v2"));
+        assert_ne!(&challenge, key.as_bytes());
+        let other = CsrfKey::from_bytes(&[8; 32]).unwrap();
+        assert_ne!(challenge, other.derive("palisade challenge v1"));
     }
 
     #[test]

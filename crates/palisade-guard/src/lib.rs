@@ -8,6 +8,7 @@
 pub mod attempts;
 pub mod body;
 pub mod brute_force;
+pub mod challenge;
 pub mod clamav;
 pub mod client_ip;
 pub mod csp;
@@ -33,6 +34,10 @@ pub use attempts::{AttemptStore, SqliteAttempts, StateError, Unlock};
 pub use body::{Body, BoxError};
 pub use brute_force::{
     BruteForceLayer, BruteForceOptions, ChallengeGate, LoginEndpoint, WhenStateFails,
+};
+pub use challenge::{
+    BadChallengeSetting, ChallengeLayer, ChallengeOptions, ChallengeProvider, ChallengeStoreError,
+    Challenges, MemorySpent, SpentChallenges,
 };
 pub use clamav::{ClamavOptions, Clamd, WhenUnavailable};
 pub use client_ip::{ClientAddr, ClientIpLayer, ClientIpOptions, Peer};

@@ -430,6 +430,21 @@ impl AttemptStore for RedisState {
     }
 }
 
+impl crate::challenge::SpentChallenges for RedisState {
+    fn spend(
+        &self,
+        id: [u8; 16],
+        expires_at: SystemTime,
+    ) -> BoxFuture<Result<bool, crate::challenge::ChallengeStoreError>> {
+        let spent = RedisState::spend(self, id, expires_at);
+        Box::pin(async move {
+            spent
+                .await
+                .map_err(|err| crate::challenge::ChallengeStoreError::new(err.to_string()))
+        })
+    }
+}
+
 /// The key a rate limit rule counts `client` under (`None`: the rule's one global key).
 pub fn rate_key(rule: &str, client: Option<IpAddr>) -> String {
     match client {

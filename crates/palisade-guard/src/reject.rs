@@ -62,6 +62,9 @@ pub enum RejectionKind {
     CredentialStuffing,
     /// The shared state (login counters, Redis) could not be reached.
     StateUnavailable,
+    /// A request that must first be let through by a challenge (a proof of work, or a CAPTCHA
+    /// when one is configured), or an answer to a challenge that was refused.
+    ChallengeRequired,
 }
 
 impl RejectionKind {
@@ -89,6 +92,7 @@ impl RejectionKind {
             Self::LoginDelayed => "login_delayed",
             Self::CredentialStuffing => "credential_stuffing",
             Self::StateUnavailable => "state_unavailable",
+            Self::ChallengeRequired => "challenge_required",
         }
     }
 
@@ -102,7 +106,11 @@ impl RejectionKind {
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::SlowHeaders | Self::SlowBody => StatusCode::REQUEST_TIMEOUT,
             Self::CspViolation => StatusCode::NO_CONTENT,
-            Self::Csrf | Self::Attack | Self::Malware => StatusCode::FORBIDDEN,
+            // 403, not 429: the client must act (solve the challenge), and waiting does not
+            // help, while clients and libraries retry a 429 by themselves after a pause.
+            Self::Csrf | Self::Attack | Self::Malware | Self::ChallengeRequired => {
+                StatusCode::FORBIDDEN
+            }
             Self::InvalidInput => StatusCode::BAD_REQUEST,
             Self::UploadRefused => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited | Self::LockedOut => StatusCode::TOO_MANY_REQUESTS,
@@ -142,6 +150,9 @@ impl RejectionKind {
             Self::CredentialStuffing => "Failed sign-ins look like credential stuffing.",
             Self::StateUnavailable => {
                 "The server cannot check sign-in attempts just now. Please try again shortly."
+            }
+            Self::ChallengeRequired => {
+                "Before this request can go on, your browser must pass a quick check. It runs by itself and takes a few seconds."
             }
         }
     }
@@ -183,7 +194,8 @@ impl Rejection {
     }
 
     /// Emits the security event for a request with these parts that is let through with
-    /// `action` (`log`, or `sanitize` for input that was cleaned), without a response.
+    /// `action` (`log`, or `sanitize` for input that was cleaned), or answered by the caller
+    /// itself (`challenge` for a challenge page), without a response.
     pub fn record_as(&self, uri: &Uri, extensions: &Extensions, action: &'static str) {
         record(
             self.kind,
@@ -309,18 +321,28 @@ pub fn error_page<B: From<Bytes>>(
 }
 
 fn html_page(status: StatusCode, message: &str, kind: Option<RejectionKind>) -> String {
-    let code = status.as_u16();
+    let title = format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error")
+    );
     let message = html_escape::encode_text(message);
-    let reason = status.canonical_reason().unwrap_or("Error");
+    branded_page(&title, &format!("<p>{message}</p>"), kind)
+}
+
+/// The gateway's own page: `title` (text) as its heading, then `body` (HTML, encoded by the
+/// caller), then the gateway's name and the kind.
+pub(crate) fn branded_page(title: &str, body: &str, kind: Option<RejectionKind>) -> String {
+    let title = html_escape::encode_text(title);
     let tag = kind
         .map(|k| format!(" · {}", k.as_str()))
         .unwrap_or_default();
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width\"><title>{code} {reason}</title>\
+         <meta name=\"viewport\" content=\"width=device-width\"><title>{title}</title>\
          <style>body{{font:16px/1.5 system-ui,sans-serif;max-width:36rem;margin:4rem auto;\
-         padding:0 1rem;color:#222}}small{{color:#666}}</style></head>\
-         <body><h1>{code} {reason}</h1><p>{message}</p>\
+         padding:0 1rem;color:#222}}small{{color:#666}}progress{{width:100%}}</style></head>\
+         <body><h1>{title}</h1>{body}\
          <p><small>Palisade gateway{tag}</small></p></body></html>\n"
     )
 }

@@ -290,6 +290,7 @@ impl Config {
             }
             gateway.csrf.key_file.as_mut().map(fix);
             gateway.state.path.as_mut().map(fix);
+            gateway.challenge.secret_file.as_mut().map(fix);
             for route in &mut gateway.routes {
                 if let Some(rules) = route.validate.as_mut() {
                     rules.json_schema_file.as_mut().map(fix);

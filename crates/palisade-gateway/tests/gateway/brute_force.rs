@@ -451,12 +451,14 @@ async fn without_its_store_a_login_fails_open_or_closed_as_configured() {
     let open = Arc::new(gateway(&upstream, &format!("{LOGIN}{}", state("open"))).await);
     let closed = gateway(&upstream, &format!("{LOGIN}{}", state("closed"))).await;
     let mut client = Client::new(&open, "192.0.2.70").await;
+    // Each gateway has a CSRF key of its own: a client of each.
+    let mut other = Client::new(&closed, "192.0.2.70").await;
     let (status, _, _) = client.login(&open, "/signin", "sybil", "nope").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     redis.stop();
     let (status, _, _) = client.login(&open, "/signin", "sybil", PASSWORD).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
-    let (status, body, _) = client.login(&closed, "/signin", "sybil", PASSWORD).await;
+    let (status, body, _) = other.login(&closed, "/signin", "sybil", PASSWORD).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"]["kind"], "state_unavailable");
     // Other paths do not need the store.
@@ -464,7 +466,7 @@ async fn without_its_store_a_login_fails_open_or_closed_as_configured() {
     redis.start_again();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (status, _, _) = client.login(&closed, "/signin", "sybil", PASSWORD).await;
+        let (status, _, _) = other.login(&closed, "/signin", "sybil", PASSWORD).await;
         if status == StatusCode::SEE_OTHER {
             break;
         }

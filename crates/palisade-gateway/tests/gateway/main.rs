@@ -2,6 +2,7 @@
 //! clients (raw bytes over TLS, hyper, curl). One module per area.
 
 mod brute_force;
+mod challenge;
 mod clamd;
 mod csrf;
 mod forms;

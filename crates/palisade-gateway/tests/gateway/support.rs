@@ -229,7 +229,12 @@ async fn answer(
             let session = format!("session=s{}; Path=/; HttpOnly", log.lock().unwrap().len());
             headers.append("set-cookie", session.parse().unwrap());
         }
-        "/signin" | "/signin-marker" | "/signin-redirect" if parts.method == http::Method::POST => {
+        // The login forms answer every spelling of their paths, as many applications do.
+        _ if parts.method == http::Method::POST
+            && ["/signin", "/signin-marker", "/signin-redirect"]
+                .contains(&palisade_guard::ratelimit::normalize_path(&path, false).as_str()) =>
+        {
+            let path = palisade_guard::ratelimit::normalize_path(&path, false);
             login(&path, &parts.headers, &body, &mut response);
         }
         "/page-gzip" => {
@@ -319,6 +324,8 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     pub http_addr: Option<SocketAddr>,
     pub reloader: palisade_gateway::CertReloader,
+    /// The gateway's challenges, to check a pass with.
+    pub challenges: palisade_guard::Challenges,
     pub ca: PathBuf,
     _dir: tempfile::TempDir,
     _stop: oneshot::Sender<()>,
@@ -345,10 +352,11 @@ impl TestGateway {
         let ca = options.tls.certificates[0].cert.clone();
         let gateway = Gateway::bind(options, None).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let (addr, http_addr, reloader) = (
+        let (addr, http_addr, reloader, challenges) = (
             gateway.local_addr(),
             gateway.http_local_addr(),
             gateway.reloader(),
+            gateway.challenges().clone(),
         );
         tokio::spawn(gateway.run(async {
             let _ = stopped.await;
@@ -357,6 +365,7 @@ impl TestGateway {
             addr,
             http_addr,
             reloader,
+            challenges,
             ca,
             _dir: dir,
             _stop: stop,
