@@ -536,25 +536,6 @@ impl crate::challenge::SpentChallenges for SqliteAttempts {
 mod tests {
     use super::*;
 
-    fn policy() -> Policy {
-        Policy {
-            half_life: Duration::from_secs(900),
-            lockout_after: 10,
-            challenge_after: 5,
-            lockout: Duration::from_secs(900),
-            stuffing_accounts: 3,
-            stuffing_sources: 3,
-            stuffing_window: Duration::from_secs(600),
-        }
-    }
-
-    fn attempt(account: &str, source: &str) -> Attempt {
-        Attempt {
-            account: account.into(),
-            source: source.parse().unwrap(),
-        }
-    }
-
     #[test]
     fn a_score_halves_every_half_life() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
@@ -564,41 +545,5 @@ mod tests {
         assert!((decayed(8.0, t0, t0 + half * 3, half) - 1.0).abs() < 1e-9);
         // A clock that went back counts nothing as elapsed.
         assert_eq!(decayed(8.0, t0 + half, t0, half), 8.0);
-    }
-
-    #[tokio::test]
-    async fn a_challenge_is_spent_once() {
-        let store = SqliteAttempts::in_memory().unwrap();
-        let id = [7; 16];
-        let until = SystemTime::now() + Duration::from_secs(60);
-        assert!(store.spend(id, until).await.unwrap());
-        assert!(!store.spend(id, until).await.unwrap());
-        assert!(store.spend([8; 16], until).await.unwrap());
-    }
-
-    #[tokio::test]
-    async fn the_file_is_shared_between_handles() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("gateway.sqlite");
-        let policy = policy();
-        let now = SystemTime::now();
-        let a = attempt("erin", "192.0.2.9");
-        let one = SqliteAttempts::open(&path).unwrap();
-        for _ in 0..10 {
-            one.failed(&a, &policy, now).await.unwrap();
-        }
-        let two = SqliteAttempts::open(&path).unwrap();
-        assert!(
-            two.standing(&a, &policy, now)
-                .await
-                .unwrap()
-                .locked_until
-                .is_some()
-        );
-        two.unlock(&Unlock::Account("erin".into())).await.unwrap();
-        assert_eq!(
-            one.standing(&a, &policy, now).await.unwrap().locked_until,
-            None
-        );
     }
 }

@@ -228,6 +228,25 @@ async fn redis_keeps_the_login_state() {
 }
 
 #[tokio::test]
+async fn a_sqlite_file_is_shared_by_its_handles() {
+    // The unlock command and a second process open the gateway's file while it runs.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.sqlite");
+    let policy = policy();
+    let a = attempt("erin", "192.0.2.9");
+    let one = SqliteAttempts::open(&path).unwrap();
+    for _ in 0..10 {
+        one.failed(&a, &policy, now()).await.unwrap();
+    }
+    let two = SqliteAttempts::open(&path).unwrap();
+    let standing = two.standing(&a, &policy, now()).await.unwrap();
+    assert!(standing.locked_until.is_some());
+    two.unlock(&Unlock::Account("erin".into())).await.unwrap();
+    let standing = one.standing(&a, &policy, now()).await.unwrap();
+    assert_eq!(standing.locked_until, None);
+}
+
+#[tokio::test]
 async fn a_challenge_is_spent_once_in_either_store() {
     let redis = RedisServer::start();
     let until = SystemTime::now() + Duration::from_secs(60);
