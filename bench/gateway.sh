@@ -27,9 +27,9 @@
 #   BENCH_WAF        1 (default): also the gateway with [gateway.waf] on (the OWASP CRS at paranoia level 1)
 #                    and nginx with libnginx-mod-http-modsecurity loading the same ModSecurity
 #                    configuration (printed by the palisade-waf example modsecurity-config); 0 skips them
-#   BENCH_RULES      1 (default): also the gateway with input validation on the measured paths and a
-#                    rate limit covering them (set high enough never to refuse), beside CSRF (on by
-#                    default everywhere); 0 skips it
+#   BENCH_RULES      1 (default): also the gateway with a rate limit covering the measured paths (set
+#                    high enough never to refuse), and the gateway with that limit and input
+#                    validation of the paths, beside CSRF (on by default everywhere); 0 skips them
 #   BENCH_REDIS      1 (default, with BENCH_RULES): also the same gateway with its rate limit kept in a
 #                    Redis server ([gateway.state] redis, Debian's redis-server on a loopback port), whose
 #                    CPU counts as the gateway's; 0 skips it
@@ -101,6 +101,7 @@ WAF_PROXY_WORKER_PIDS=""
 WAF_GATEWAY_PID=""
 RULES_GATEWAY_PID=""
 REDIS_GATEWAY_PID=""
+LIMIT_GATEWAY_PID=""
 REDIS_PID=""
 # the proxies measured besides the direct baseline
 PROXIES=(gateway nginx)
@@ -120,7 +121,7 @@ cleanup() {
     local rc=$?
     set +e
     local g
-    for g in "$GATEWAY_PID" "$WAF_GATEWAY_PID" "$RULES_GATEWAY_PID" "$REDIS_GATEWAY_PID" "$REDIS_PID"; do
+    for g in "$GATEWAY_PID" "$WAF_GATEWAY_PID" "$RULES_GATEWAY_PID" "$REDIS_GATEWAY_PID" "$REDIS_PID" "$LIMIT_GATEWAY_PID"; do
         [[ -n $g ]] && kill -0 "$g" 2>/dev/null || continue
         kill -TERM "$g"
         for _ in $(seq 50); do kill -0 "$g" 2>/dev/null || break; sleep 0.1; done
@@ -131,7 +132,7 @@ cleanup() {
         stop_nginx "$TMP/proxy-waf/nginx.pid"
         stop_nginx "$TMP/upstream/nginx.pid"
         # keep the servers' logs with the results before the temp dir goes
-        for f in upstream/error.log proxy/error.log gateway/gateway.log proxy-waf/error.log gateway-waf/gateway.log gateway-rules/gateway.log gateway-redis/gateway.log redis/redis.log; do
+        for f in upstream/error.log proxy/error.log gateway/gateway.log proxy-waf/error.log gateway-waf/gateway.log gateway-rules/gateway.log gateway-redis/gateway.log gateway-limit/gateway.log redis/redis.log; do
             [[ -f $TMP/$f ]] && cp "$TMP/$f" "$LOGS/${f//\//-}"
         done
         rm -rf "$TMP"
@@ -358,13 +359,14 @@ start_redis() {
     wait_port "$REDIS_PORT" "$REDIS_PID" "redis-server" "$d/redis.log"
 }
 
-# start_rules_gateway [redis]: the gateway with every default (CSRF included) plus input
+# start_rules_gateway [limit|redis]: the gateway with every default (CSRF included) plus input
 # validation of the measured paths (method, query parameters, unknown parameters refused) and a
-# per-address rate limit over them, from a palisade.toml of its own; with "redis", the rate
-# limit's buckets live in the Redis server of start_redis.
+# per-address rate limit over them, from a palisade.toml of its own; with "limit", the rate
+# limit alone; with "redis", the rate limit's buckets live in the Redis server of start_redis.
 start_rules_gateway() {
     local kind=${1:-rules} port=$RULES_GATEWAY_PORT
     [[ $kind == redis ]] && port=$REDIS_GATEWAY_PORT
+    [[ $kind == limit ]] && port=$LIMIT_GATEWAY_PORT
     local d=$TMP/gateway-$kind
     mkdir -p "$d"
     cat >"$d/palisade.toml" <<EOF
@@ -377,6 +379,8 @@ key = "$TMP/tls/key.pem"
 [[gateway.rate_limit.rules]]
 name = "site"
 rate = "1000000/s"
+EOF
+    [[ $kind == limit ]] || cat >>"$d/palisade.toml" <<EOF
 [[gateway.routes]]
 prefix = "/"
 [gateway.routes.validate]
@@ -389,7 +393,11 @@ EOF
     (cd "$d" && exec env -u PALISADE_CONFIG -u PALISADE_LOG PALISADE_STATE_DIR="$d/state" \
         "$PALISADE_BIN" --config "$d/palisade.toml" gateway) >"$d/gateway.log" 2>&1 &
     local pid=$!
-    if [[ $kind == redis ]]; then REDIS_GATEWAY_PID=$pid; else RULES_GATEWAY_PID=$pid; fi
+    case $kind in
+        redis) REDIS_GATEWAY_PID=$pid ;;
+        limit) LIMIT_GATEWAY_PID=$pid ;;
+        *) RULES_GATEWAY_PID=$pid ;;
+    esac
     wait_port "$port" "$pid" "palisade gateway with validation and rate limits ($kind)" "$d/gateway.log"
 }
 
@@ -416,6 +424,7 @@ url() {
         nginx-waf) echo "https://localhost:$WAF_PROXY_PORT$path" ;;
         gateway-rules) echo "https://localhost:$RULES_GATEWAY_PORT$path" ;;
         gateway-redis) echo "https://localhost:$REDIS_GATEWAY_PORT$path" ;;
+        gateway-limit) echo "https://localhost:$LIMIT_GATEWAY_PORT$path" ;;
     esac
 }
 
@@ -481,7 +490,7 @@ run_wrk() {
     wait_quiet
     local load1 stat0 stat1 up0 up1 px0 px1 all0 all1 rc=0
     local proxy_pids="" all_pids="$UPSTREAM_PID $UPSTREAM_WORKER_PIDS $PROXY_PID $PROXY_WORKER_PIDS $GATEWAY_PID"
-    all_pids+=" $WAF_GATEWAY_PID $WAF_PROXY_PID $WAF_PROXY_WORKER_PIDS $RULES_GATEWAY_PID $REDIS_GATEWAY_PID $REDIS_PID"
+    all_pids+=" $WAF_GATEWAY_PID $WAF_PROXY_PID $WAF_PROXY_WORKER_PIDS $RULES_GATEWAY_PID $REDIS_GATEWAY_PID $REDIS_PID $LIMIT_GATEWAY_PID"
     case $target in
         gateway) proxy_pids=$GATEWAY_PID ;;
         nginx) proxy_pids="$PROXY_PID $PROXY_WORKER_PIDS" ;;
@@ -489,6 +498,7 @@ run_wrk() {
         nginx-waf) proxy_pids="$WAF_PROXY_PID $WAF_PROXY_WORKER_PIDS" ;;
         gateway-rules) proxy_pids=$RULES_GATEWAY_PID ;;
         gateway-redis) proxy_pids="$REDIS_GATEWAY_PID $REDIS_PID" ;;
+        gateway-limit) proxy_pids=$LIMIT_GATEWAY_PID ;;
     esac
     load1=$(cut -d' ' -f1 /proc/loadavg)
     stat0=$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $9}' /proc/stat)
@@ -523,6 +533,7 @@ run_wrk() {
     [[ -z $RULES_GATEWAY_PID ]] || kill -0 "$RULES_GATEWAY_PID" 2>/dev/null || problems+=("rules gateway exited")
     [[ -z $REDIS_GATEWAY_PID ]] || kill -0 "$REDIS_GATEWAY_PID" 2>/dev/null || problems+=("Redis gateway exited")
     [[ -z $REDIS_PID ]] || kill -0 "$REDIS_PID" 2>/dev/null || problems+=("redis-server exited")
+    [[ -z $LIMIT_GATEWAY_PID ]] || kill -0 "$LIMIT_GATEWAY_PID" 2>/dev/null || problems+=("limit gateway exited")
     status=ok
     if ((${#problems[@]})); then status=$(IFS=';'; echo "${problems[*]}"); status=${status//;/; }; fi
     local secs
@@ -668,6 +679,7 @@ main() {
     RULES_GATEWAY_PORT=$(free_port)
     REDIS_GATEWAY_PORT=$(free_port)
     REDIS_PORT=$(free_port)
+    LIMIT_GATEWAY_PORT=$(free_port)
     while [[ $PROXY_PORT == "$UPSTREAM_PORT" ]]; do PROXY_PORT=$(free_port); done
     while [[ $GATEWAY_PORT == "$UPSTREAM_PORT" || $GATEWAY_PORT == "$PROXY_PORT" ]]; do GATEWAY_PORT=$(free_port); done
 
@@ -694,9 +706,12 @@ main() {
         cp "$TMP/proxy-waf/nginx.conf" "$RESULTS/nginx-proxy-waf.conf"
     fi
     if ((BENCH_RULES)); then
+        start_rules_gateway limit
+        log "palisade gateway with a rate limit on https://127.0.0.1:$LIMIT_GATEWAY_PORT (pid $LIMIT_GATEWAY_PID)"
         start_rules_gateway
         log "palisade gateway with validation and rate limits on https://127.0.0.1:$RULES_GATEWAY_PORT (pid $RULES_GATEWAY_PID)"
-        PROXIES+=(gateway-rules)
+        PROXIES+=(gateway-limit gateway-rules)
+        cp "$TMP/gateway-limit/palisade.toml" "$RESULTS/gateway-limit.toml"
         cp "$TMP/gateway-rules/palisade.toml" "$RESULTS/gateway-rules.toml"
     fi
     if ((BENCH_REDIS)); then

@@ -20,11 +20,12 @@ import sys
 from benchlib import read_env
 
 HEADING = "## Gateway against nginx"
-TARGETS = ("gateway", "gateway-rules", "gateway-redis", "nginx", "gateway-waf", "nginx-waf", "direct")
+TARGETS = ("gateway", "gateway-limit", "gateway-rules", "gateway-redis", "nginx", "gateway-waf", "nginx-waf", "direct")
 PATHS = ("html", "json")
 LOADS = ("loaded", "light")
 TARGET_LABEL = {
     "gateway": "palisade gateway (TLS)",
+    "gateway-limit": "palisade gateway + a rate limit (in process)",
     "gateway-rules": "palisade gateway + validation and a rate limit",
     "gateway-redis": "the same, its rate limit in Redis (redis-server's CPU counted)",
     "nginx": "nginx proxy (TLS)",
@@ -470,6 +471,13 @@ def reading(agg, rewrote, connections=None):
                   f"direct ({fmt_delta_ms(gl['p99'] - dl['p99'])})")
             if nl and nl["p99"] is not None:
                 s += f" and nginx's {fmt_ms(nl['p99'])} ({fmt_delta_ms(nl['p99'] - dl['p99'])})"
+            s += "."
+        lim = agg.get(("loaded", p, "gateway-limit"))
+        if lim and lim["rps"]:
+            s += (f" With a rate limit covering the path (in process, never refusing), it answered "
+                  f"{fmt_rps(lim['rps'])} req/s ({(lim['rps'] / g['rps'] - 1) * 100:+.1f} %)")
+            if lim["cpu_us"] and g["cpu_us"]:
+                s += f", {lim['cpu_us'] - g['cpu_us']:+.0f} µs of CPU per request"
             s += "."
         r = agg.get(("loaded", p, "gateway-rules"))
         if r and r["rps"]:
