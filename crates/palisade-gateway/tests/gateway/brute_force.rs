@@ -351,6 +351,29 @@ async fn json_logins_name_the_account_by_pointer() {
 }
 
 #[tokio::test]
+async fn addresses_of_one_ipv6_prefix_are_one_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let gateway = gateway(&upstream, &format!("{LOGIN}{}", sqlite_state(dir.path()))).await;
+    // Rotating through its /64 does not give a host a fresh count.
+    for address in ["2001:db8:5:6::1", "2001:db8:5:6:ffff::2"] {
+        let mut client = Client::new(&gateway, address).await;
+        let (status, _, _) = client.login(&gateway, "/signin", "quentin", "nope").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let counted = standing(dir.path(), "quentin", "2001:db8:5:6::").await;
+    assert_eq!(counted.pair.round(), 2.0, "{counted:?}");
+    let next = standing(dir.path(), "quentin", "2001:db8:5:7::").await;
+    assert_eq!(
+        next,
+        Standing {
+            account: next.account,
+            ..Standing::default()
+        }
+    );
+}
+
+#[tokio::test]
 async fn the_gateways_own_refusals_count_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let upstream = Upstream::start().await;
