@@ -3,7 +3,7 @@
 //! process-wide subscriber (a scoped one can miss events that other tests' threads emit at the
 //! same callsite without any).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response};
