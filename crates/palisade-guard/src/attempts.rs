@@ -211,6 +211,15 @@ CREATE TABLE IF NOT EXISTS spent_challenges (
 impl SqliteAttempts {
     /// Opens (creating when missing) the store in the file at `path`.
     pub fn open(path: &Path) -> Result<Self, StateError> {
+        // Failed account names are in it (people type passwords into the name field): only
+        // its owner reads it. SQLite gives its -wal and -shm files the same mode.
+        let mut create = std::fs::OpenOptions::new();
+        create.write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut create, 0o600);
+        create
+            .open(path)
+            .map_err(|err| StateError(format!("cannot open {}: {err}", path.display())))?;
         let conn = Connection::open(path)
             .map_err(|err| StateError(format!("cannot open {}: {err}", path.display())))?;
         // Another process (the unlock command, a second gateway) may hold the file a moment.

@@ -28,6 +28,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
+use dashmap::DashMap;
 use futures_util::StreamExt as _;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Frame;
@@ -186,6 +187,13 @@ impl BruteForceOptions {
                 "must be between 1 and 128; 64 is the default",
             ));
         }
+        if self.lockout_after < 2 {
+            return Err(bad(
+                "lockout_after",
+                "must be at least 2, above challenge_after (a client is challenged before it is \
+                 locked out)",
+            ));
+        }
         if self.challenge_after >= self.lockout_after {
             return Err(bad(
                 "challenge_after",
@@ -230,10 +238,13 @@ impl BruteForceOptions {
         }
         for (index, login) in self.logins.iter().enumerate() {
             let setting = |field: &str| format!("logins[{index}].{field}");
-            if !login.path.starts_with('/') {
+            if !login.path.starts_with('/') || login.path.contains(['?', '#']) {
                 return Err(bad(
                     setting("path"),
-                    format!("`{}` must start with /", login.path),
+                    format!(
+                        "`{}` must be a path: start with / and hold no query or fragment",
+                        login.path
+                    ),
                 ));
             }
             if Method::from_bytes(login.method.to_ascii_uppercase().as_bytes()).is_err() {
@@ -337,6 +348,9 @@ impl ChallengeGate for crate::challenge::Challenges {
     }
 }
 
+/// The longest account name kept, in bytes; longer ones are cut there.
+pub const MAX_ACCOUNT_BYTES: usize = 256;
+
 /// How long a login's answer may be for its body to be searched for `failure_body`.
 const MAX_SCANNED_BODY: usize = 256 * 1024;
 
@@ -352,6 +366,8 @@ struct Endpoint {
 
 #[derive(Debug)]
 struct Shared {
+    /// The source whose attempt is being handled, and the one that may go next.
+    turns: DashMap<IpAddr, Arc<tokio::sync::Mutex<()>>>,
     options: BruteForceOptions,
     endpoints: Vec<Endpoint>,
     policy: Policy,
@@ -401,6 +417,7 @@ impl BruteForceLayer {
             .collect();
         Ok(Self {
             shared: Arc::new(Shared {
+                turns: DashMap::new(),
                 policy: options.policy(),
                 delayed: Arc::new(Semaphore::new(options.max_delayed)),
                 options: options.clone(),
@@ -438,7 +455,47 @@ pub struct BruteForce<S> {
     shared: Arc<Shared>,
 }
 
+/// A source's turn to make a login attempt; the next one waits until it is dropped.
+struct Turn<'a> {
+    shared: &'a Shared,
+    source: IpAddr,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    _waited: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        // Nobody holds or waits for the source's lock any more: forget it.
+        self.shared
+            .turns
+            .remove_if(&self.source, |_, lock| Arc::strong_count(lock) == 1);
+    }
+}
+
 impl Shared {
+    /// Waits for `source`'s turn: at once when none of its attempts is under way; else
+    /// behind them, taking one of the `max_delayed` places, for at most twice `max_delay` and
+    /// ten seconds more. `None` when no place is free or the wait runs out.
+    async fn turn(&self, source: IpAddr) -> Option<Turn<'_>> {
+        let lock = self.turns.entry(source).or_default().clone();
+        let mut turn = Turn {
+            shared: self,
+            source,
+            guard: None,
+            _waited: None,
+        };
+        match lock.clone().try_lock_owned() {
+            Ok(guard) => turn.guard = Some(guard),
+            Err(_) => {
+                turn._waited = Some(self.delayed.clone().try_acquire_owned().ok()?);
+                let wait = self.options.max_delay * 2 + Duration::from_secs(10);
+                turn.guard = Some(tokio::time::timeout(wait, lock.lock_owned()).await.ok()?);
+            }
+        }
+        Some(turn)
+    }
+
     fn endpoint(&self, method: &Method, path: &str) -> Option<usize> {
         if self.endpoints.is_empty() {
             return None;
@@ -481,11 +538,20 @@ impl Shared {
         };
         let account = raw.unwrap_or_default();
         let account = account.trim();
-        if self.options.case_sensitive_accounts {
+        let mut account = if self.options.case_sensitive_accounts {
             account.to_string()
         } else {
             account.to_lowercase()
+        };
+        // Names are kept in the state store: one request must not write megabytes there.
+        if account.len() > MAX_ACCOUNT_BYTES {
+            let end = (0..=MAX_ACCOUNT_BYTES)
+                .rev()
+                .find(|i| account.is_char_boundary(*i))
+                .unwrap_or(0);
+            account.truncate(end);
         }
+        account
     }
 }
 
@@ -546,6 +612,18 @@ where
             let route = reject::route_of(&parts.uri);
             let event = |kind: RejectionKind, rule: &str, action: &'static str| {
                 reject::record_login(kind, rule, Some(client), &route, action, &attempt.account);
+            };
+            // One attempt of a source at a time, from its standing to its outcome: attempts
+            // sent in parallel must not all pass the checks before the first one is counted.
+            let Some(_turn) = shared.turn(source).await else {
+                event(RejectionKind::RateLimited, "login-busy", "reject");
+                let kind = RejectionKind::RateLimited;
+                let mut response: Response<Body> =
+                    reject::error_page(kind.status(), kind.message(), Some(kind), &parts.headers);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(1));
+                return Ok(response);
             };
             let now = SystemTime::now();
             let counted = match shared.store.standing(&attempt, &shared.policy, now).await {
@@ -627,7 +705,10 @@ where
             let (outcome, response) = outcome(endpoint, response).await;
             let store = &shared.store;
             let result = match outcome {
-                Outcome::Failure => match store.failed(&attempt, &shared.policy, now).await {
+                Outcome::Failure => match store
+                    .failed(&attempt, &shared.policy, SystemTime::now())
+                    .await
+                {
                     Ok(after) => {
                         if after.locked {
                             event(RejectionKind::LockedOut, "login-lockout", "lockout");
@@ -686,7 +767,7 @@ async fn outcome(endpoint: &Endpoint, response: Response<Body>) -> (Outcome, Res
     }
     if let Some(prefix) = &endpoint.failure_location
         && let Some(location) = response.headers().get(header::LOCATION)
-        && location.as_bytes().starts_with(prefix.as_bytes())
+        && location_matches(location.as_bytes(), prefix)
     {
         return (Outcome::Failure, response);
     }
@@ -702,6 +783,23 @@ async fn outcome(endpoint: &Endpoint, response: Response<Body>) -> (Outcome, Res
     let (found, body) = search(body, marker).await;
     let outcome = if found { Outcome::Failure } else { fallback };
     (outcome, Response::from_parts(parts, body))
+}
+
+/// Whether a `Location` starts with `prefix`; for a prefix that is a path, an absolute URL's
+/// path and query count (`https://shop.example/login?error=1` matches `/login?error`).
+fn location_matches(location: &[u8], prefix: &str) -> bool {
+    if location.starts_with(prefix.as_bytes()) {
+        return true;
+    }
+    if !prefix.starts_with('/') {
+        return false;
+    }
+    std::str::from_utf8(location)
+        .ok()
+        .and_then(|text| text.parse::<http::Uri>().ok())
+        .filter(|uri| uri.scheme().is_some())
+        .and_then(|uri| uri.path_and_query().map(|p| p.as_str().starts_with(prefix)))
+        .unwrap_or(false)
 }
 
 /// Reads up to [`MAX_SCANNED_BODY`] bytes of `body` looking for `marker`; gives whether it is
@@ -802,6 +900,24 @@ mod tests {
         assert!(err.message.contains("failure_body"), "{}", err.message);
         options.logins[0].failure_body = Some("Wrong password".into());
         options.validate().unwrap();
+    }
+
+    #[test]
+    fn a_failure_location_matches_absolute_urls_by_their_path() {
+        assert!(location_matches(b"/login?error=1", "/login?error"));
+        assert!(location_matches(
+            b"https://shop.example/login?error=1",
+            "/login?error"
+        ));
+        assert!(!location_matches(
+            b"https://shop.example/home",
+            "/login?error"
+        ));
+        assert!(!location_matches(b"/home", "/login?error"));
+        assert!(location_matches(
+            b"https://sso.example/fail",
+            "https://sso.example/fail"
+        ));
     }
 
     #[test]

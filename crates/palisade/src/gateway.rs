@@ -155,7 +155,21 @@ fn unlock(
              clears it"
         );
     }
+    if options.state.redis.is_none()
+        && let Some(path) = &options.state.path
+        && !path.exists()
+    {
+        bail!(
+            "no gateway state at {}: the gateway this config runs has not kept any yet, or \
+             this is not its config (or its state_dir); give the gateway's own config with \
+             --config",
+            path.display()
+        );
+    }
     let brute_force = &options.brute_force;
+    if target.trim().is_empty() {
+        bail!("give the account name or the IP address to unlock");
+    }
     let what = match (target.trim().parse::<std::net::IpAddr>(), as_account) {
         (Ok(ip), false) => Unlock::Source(client_key(ip, brute_force.ipv6_prefix)),
         (Err(_), false) if as_address => bail!(
@@ -180,7 +194,8 @@ fn unlock(
         .block_on(state.attempts().unlock(&what))
         .map_err(|err| anyhow::anyhow!("{err}"))?;
     let named = match &what {
-        Unlock::Account(name) => format!("account {name}"),
+        // Shown as typed would let control characters reach the terminal.
+        Unlock::Account(name) => format!("account {}", name.escape_debug()),
         Unlock::Source(ip) if ip.is_ipv6() => {
             format!("address range {ip}/{}", brute_force.ipv6_prefix)
         }

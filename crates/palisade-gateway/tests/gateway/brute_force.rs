@@ -350,6 +350,78 @@ async fn json_logins_name_the_account_by_pointer() {
     assert_eq!(counted.pair.round(), 1.0, "{counted:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn attempts_sent_at_once_are_checked_one_after_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let settings = LOGIN.replace(
+        "base_delay = \"300ms\"\nmax_delay = \"300ms\"",
+        "base_delay = \"10ms\"\nmax_delay = \"10ms\"",
+    );
+    let state = sqlite_state(dir.path());
+    let gateway = Arc::new(gateway(&upstream, &format!("{settings}{state}")).await);
+    let client = Arc::new(Client::new(&gateway, "192.0.2.90").await);
+    // Thirty guesses at once: the first three reach the application (the third held back),
+    // then the count asks every other one for a challenge.
+    let mut tasks = Vec::new();
+    for n in 0..30 {
+        let (gateway, client) = (gateway.clone(), client.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = format!("username=ivan&password=guess{n}");
+            let req = client.request(
+                Request::post("/signin")
+                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded"),
+                &body,
+            );
+            gateway.send(req).await.0.status()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    let reached = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    assert_eq!(reached, 3, "{statuses:?}");
+    assert_eq!(signins(&upstream), 3);
+    let challenged = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::FORBIDDEN)
+        .count();
+    assert_eq!(challenged, 27, "{statuses:?}");
+}
+
+#[tokio::test]
+async fn a_long_account_name_is_kept_cut_and_absolute_redirects_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let settings = format!(
+        "{LOGIN}[[brute_force.logins]]\npath = \"/signin-redirect\"\nfailure_status = []\n\
+         failure_location = \"/signin?error\"\n{}",
+        sqlite_state(dir.path())
+    );
+    let gateway = gateway(&upstream, &settings).await;
+    let mut client = Client::new(&gateway, "192.0.2.91").await;
+    let long = "é".repeat(100_000);
+    let (status, _, _) = client.login(&gateway, "/signin", &long, "nope").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let kept = "é".repeat(palisade_guard::brute_force::MAX_ACCOUNT_BYTES / 2);
+    let counted = standing(dir.path(), &kept, "192.0.2.91").await;
+    assert_eq!(counted.pair.round(), 1.0, "{counted:?}");
+    let file = |name: &str| std::fs::metadata(dir.path().join(name)).map_or(0, |m| m.len());
+    let size = file("gateway.sqlite") + file("gateway.sqlite-wal");
+    assert!(size < 1024 * 1024, "{size} bytes of state for one attempt");
+    // A failure sent back as an absolute URL, as many frameworks do.
+    let (status, _, _) = client
+        .login(&gateway, "/signin-redirect?absolute", "trudy", "nope")
+        .await;
+    assert_eq!(status, StatusCode::FOUND);
+    let counted = standing(dir.path(), "trudy", "192.0.2.91").await;
+    assert_eq!(counted.pair.round(), 1.0, "{counted:?}");
+}
+
 #[tokio::test]
 async fn addresses_of_one_ipv6_prefix_are_one_source() {
     let dir = tempfile::tempdir().unwrap();

@@ -235,7 +235,8 @@ async fn answer(
                 .contains(&palisade_guard::ratelimit::normalize_path(&path, false).as_str()) =>
         {
             let path = palisade_guard::ratelimit::normalize_path(&path, false);
-            login(&path, &parts.headers, &body, &mut response);
+            let absolute = parts.uri.query() == Some("absolute");
+            login(&path, absolute, &parts.headers, &body, &mut response);
         }
         "/page-gzip" => {
             // Not really gzip: the gateway must pass it through untouched either way.
@@ -256,9 +257,16 @@ async fn answer(
 pub const PASSWORD: &str = "correct horse";
 
 /// A login form's answer, told three ways: `/signin` says 401, `/signin-marker` says so in a
-/// 200 page, `/signin-redirect` sends back to the form with `?error`. The account and
+/// 200 page, `/signin-redirect` sends back to the form with `?error` (as an absolute URL when
+/// the query is `absolute`). The account and
 /// password come as a form or as JSON (`{"user": {"name": ...}, "password": ...}`).
-fn login(path: &str, headers: &HeaderMap, body: &[u8], response: &mut Response<Body>) {
+fn login(
+    path: &str,
+    absolute: bool,
+    headers: &HeaderMap,
+    body: &[u8],
+    response: &mut Response<Body>,
+) {
     let json = headers
         .get("content-type")
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
@@ -282,9 +290,14 @@ fn login(path: &str, headers: &HeaderMap, body: &[u8], response: &mut Response<B
         ("/signin", false) => *response.status_mut() = StatusCode::UNAUTHORIZED,
         ("/signin-redirect", false) => {
             *response.status_mut() = StatusCode::FOUND;
+            let location = if absolute {
+                "https://localhost/signin?error=1"
+            } else {
+                "/signin?error=1"
+            };
             response
                 .headers_mut()
-                .insert("location", "/signin?error=1".parse().unwrap());
+                .insert("location", location.parse().unwrap());
         }
         (_, true) => *response.body_mut() = Body::from("<p>Welcome back</p>"),
         (_, false) => *response.body_mut() = Body::from("<p>Invalid username or password</p>"),

@@ -444,6 +444,45 @@ fn unlock_lifts_lockouts_of_an_account_or_an_address_in_the_state_file() {
         stderr(&out)
     );
 
+    // An empty name is no account (the sources' own counts are kept under it).
+    let out = bare(&env)
+        .args(["gateway", "unlock", " "])
+        .output()
+        .unwrap();
+    assert_status(&out, 1, "unlock an empty name");
+    assert!(
+        stderr(&out).contains("give the account name"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The file is its owner's only: it holds what people typed as account names.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Another state directory (a wrong config, another user) has no state: an error, and
+    // nothing made there.
+    std::fs::write(
+        env.path("other.toml"),
+        format!(
+            "state_dir = \"{}\"\n[gateway]\nupstreams = [\"http://127.0.0.1:3000\"]\n",
+            env.path("elsewhere").display()
+        ),
+    )
+    .unwrap();
+    let out = bare(&env)
+        .args(["--config", "other.toml", "gateway", "unlock", "alice"])
+        .output()
+        .unwrap();
+    assert_status(&out, 1, "unlock with another state_dir");
+    assert!(
+        stderr(&out).contains("no gateway state at"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!env.path("elsewhere/gateway.sqlite").exists());
+
     std::fs::write(env.path("palisade.toml"), "").unwrap();
     let out = bare(&env)
         .args(["gateway", "unlock", "alice"])
