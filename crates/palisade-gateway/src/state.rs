@@ -7,12 +7,13 @@ use palisade_guard::{AttemptStore, RedisState, SpentChallenges, SqliteAttempts};
 
 use crate::{Error, options::StateOptions};
 
-/// The open state: the login store, and Redis when the rate limits share it too.
+/// The open state: a SQLite file (or memory), or Redis, which then holds the rate limits too.
 #[derive(Debug, Clone)]
-pub struct State {
-    attempts: Arc<dyn AttemptStore>,
-    sqlite: Option<SqliteAttempts>,
-    redis: Option<RedisState>,
+pub enum State {
+    /// The default: one file (memory without one).
+    Sqlite(SqliteAttempts),
+    /// Shared by several gateways.
+    Redis(RedisState),
 }
 
 impl State {
@@ -28,12 +29,9 @@ impl State {
             message,
         };
         if let Some(url) = &options.redis {
-            let redis = RedisState::new(url).map_err(|err| bad(err.to_string()))?;
-            return Ok(Self {
-                attempts: Arc::new(redis.clone()),
-                sqlite: None,
-                redis: Some(redis),
-            });
+            return RedisState::new(url)
+                .map(Self::Redis)
+                .map_err(|err| bad(err.to_string()));
         }
         let sqlite = match &options.path {
             Some(path) => {
@@ -46,38 +44,33 @@ impl State {
                 SqliteAttempts::open(path)
             }
             None => SqliteAttempts::in_memory(),
-        }
-        .map_err(|err| bad(err.to_string()))?;
-        Ok(Self {
-            attempts: Arc::new(sqlite.clone()),
-            sqlite: Some(sqlite),
-            redis: None,
-        })
+        };
+        sqlite.map(Self::Sqlite).map_err(|err| bad(err.to_string()))
     }
 
     /// The store of login failures and lockouts.
     pub fn attempts(&self) -> Arc<dyn AttemptStore> {
-        self.attempts.clone()
+        match self {
+            Self::Sqlite(sqlite) => Arc::new(sqlite.clone()),
+            Self::Redis(redis) => Arc::new(redis.clone()),
+        }
     }
 
     /// Where answered challenges are spent: the same store, so that a solution works once
     /// across restarts and, with Redis, across gateways.
     pub fn spent(&self) -> Arc<dyn SpentChallenges> {
-        match (&self.redis, &self.sqlite) {
-            (Some(redis), _) => Arc::new(redis.clone()),
-            (None, Some(sqlite)) => Arc::new(sqlite.clone()),
-            (None, None) => unreachable!("a state is SQLite or Redis"),
+        match self {
+            Self::Sqlite(sqlite) => Arc::new(sqlite.clone()),
+            Self::Redis(redis) => Arc::new(redis.clone()),
         }
     }
 
     /// The Redis connection, when the state is shared.
     pub fn redis(&self) -> Option<&RedisState> {
-        self.redis.as_ref()
-    }
-
-    /// The SQLite store, when the state is a file (or memory).
-    pub fn sqlite(&self) -> Option<&SqliteAttempts> {
-        self.sqlite.as_ref()
+        match self {
+            Self::Redis(redis) => Some(redis),
+            Self::Sqlite(_) => None,
+        }
     }
 }
 

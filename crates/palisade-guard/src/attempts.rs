@@ -91,9 +91,9 @@ pub enum Unlock {
     Source(IpAddr),
 }
 
-/// The state could not be read or written.
+/// The state (login counts, lockouts, spent challenges) could not be read or written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the login state store failed: {0}")]
+#[error("the state store failed: {0}")]
 pub struct StateError(pub String);
 
 impl StateError {
@@ -259,26 +259,6 @@ impl SqliteAttempts {
             })
             .await
             .map_err(StateError::from_display)?
-        })
-    }
-
-    /// Marks a challenge `id` spent until `expires_at`; false when it already was.
-    pub fn spend(
-        &self,
-        id: [u8; 16],
-        expires_at: SystemTime,
-    ) -> BoxFuture<Result<bool, StateError>> {
-        self.run(move |db| {
-            let now = millis(SystemTime::now());
-            db.conn.execute(
-                "DELETE FROM spent_challenges WHERE id = ?1 AND expires_ms <= ?2",
-                params![id.as_slice(), now],
-            )?;
-            let inserted = db.conn.execute(
-                "INSERT OR IGNORE INTO spent_challenges (id, expires_ms) VALUES (?1, ?2)",
-                params![id.as_slice(), millis(expires_at)],
-            )?;
-            Ok(inserted == 1)
         })
     }
 }
@@ -527,16 +507,18 @@ impl AttemptStore for SqliteAttempts {
 }
 
 impl crate::challenge::SpentChallenges for SqliteAttempts {
-    fn spend(
-        &self,
-        id: [u8; 16],
-        expires_at: SystemTime,
-    ) -> BoxFuture<Result<bool, crate::challenge::ChallengeStoreError>> {
-        let spent = SqliteAttempts::spend(self, id, expires_at);
-        Box::pin(async move {
-            spent
-                .await
-                .map_err(|err| crate::challenge::ChallengeStoreError::new(err.to_string()))
+    fn spend(&self, id: [u8; 16], expires_at: SystemTime) -> BoxFuture<Result<bool, StateError>> {
+        self.run(move |db| {
+            let now = millis(SystemTime::now());
+            db.conn.execute(
+                "DELETE FROM spent_challenges WHERE id = ?1 AND expires_ms <= ?2",
+                params![id.as_slice(), now],
+            )?;
+            let inserted = db.conn.execute(
+                "INSERT OR IGNORE INTO spent_challenges (id, expires_ms) VALUES (?1, ?2)",
+                params![id.as_slice(), millis(expires_at)],
+            )?;
+            Ok(inserted == 1)
         })
     }
 }

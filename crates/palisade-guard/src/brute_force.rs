@@ -538,20 +538,13 @@ impl Shared {
         };
         let account = raw.unwrap_or_default();
         let account = account.trim();
-        let mut account = if self.options.case_sensitive_accounts {
+        let account = if self.options.case_sensitive_accounts {
             account.to_string()
         } else {
             account.to_lowercase()
         };
         // Names are kept in the state store: one request must not write megabytes there.
-        if account.len() > MAX_ACCOUNT_BYTES {
-            let end = (0..=MAX_ACCOUNT_BYTES)
-                .rev()
-                .find(|i| account.is_char_boundary(*i))
-                .unwrap_or(0);
-            account.truncate(end);
-        }
-        account
+        crate::cut(&account, MAX_ACCOUNT_BYTES).to_string()
     }
 }
 
@@ -617,13 +610,13 @@ where
             // sent in parallel must not all pass the checks before the first one is counted.
             let Some(_turn) = shared.turn(source).await else {
                 event(RejectionKind::RateLimited, "login-busy", "reject");
-                let kind = RejectionKind::RateLimited;
-                let mut response: Response<Body> =
-                    reject::error_page(kind.status(), kind.message(), Some(kind), &parts.headers);
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(1));
-                return Ok(response);
+                let wait = Some(Duration::from_secs(1));
+                return Ok(refusal(
+                    RejectionKind::RateLimited,
+                    None,
+                    wait,
+                    &parts.headers,
+                ));
             };
             let now = SystemTime::now();
             let counted = match shared.store.standing(&attempt, &shared.policy, now).await {
@@ -633,12 +626,7 @@ where
                     event(RejectionKind::StateUnavailable, "login-state", "log");
                     if shared.when_state_fails == WhenStateFails::Closed {
                         let kind = RejectionKind::StateUnavailable;
-                        return Ok(reject::error_page(
-                            kind.status(),
-                            kind.message(),
-                            Some(kind),
-                            &parts.headers,
-                        ));
+                        return Ok(refusal(kind, None, None, &parts.headers));
                     }
                     None
                 }
@@ -648,21 +636,13 @@ where
                     let wait = until.duration_since(now).unwrap_or_default();
                     event(RejectionKind::LockedOut, "login-lockout", "reject");
                     let minutes = wait.as_secs().div_ceil(60).max(1);
-                    let mut response: Response<Body> = reject::error_page(
-                        RejectionKind::LockedOut.status(),
-                        &format!(
-                            "Too many failed sign-in attempts for this account from your \
-                             network. Try again in {minutes} minute{}.",
-                            if minutes == 1 { "" } else { "s" }
-                        ),
-                        Some(RejectionKind::LockedOut),
-                        &parts.headers,
+                    let message = format!(
+                        "Too many failed sign-in attempts for this account from your network. \
+                         Try again in {minutes} minute{}.",
+                        if minutes == 1 { "" } else { "s" }
                     );
-                    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-                    response
-                        .headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-                    return Ok(response);
+                    let kind = RejectionKind::LockedOut;
+                    return Ok(refusal(kind, Some(&message), Some(wait), &parts.headers));
                 }
                 if shared.options.wants_challenge(standing)
                     && !shared.gate.has_pass(&parts.headers, source)
@@ -675,17 +655,7 @@ where
                     let Ok(_permit) = shared.delayed.clone().try_acquire_owned() else {
                         event(RejectionKind::RateLimited, "login-delay-full", "reject");
                         let kind = RejectionKind::RateLimited;
-                        let mut response: Response<Body> = reject::error_page(
-                            kind.status(),
-                            kind.message(),
-                            Some(kind),
-                            &parts.headers,
-                        );
-                        let seconds = delay.as_secs_f64().ceil().max(1.0) as u64;
-                        response
-                            .headers_mut()
-                            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-                        return Ok(response);
+                        return Ok(refusal(kind, None, Some(delay), &parts.headers));
                     };
                     event(RejectionKind::LoginDelayed, "login-delay", "delay");
                     tokio::time::sleep(delay).await;
@@ -734,6 +704,27 @@ where
             Ok(response)
         })
     }
+}
+
+/// The layer's own answer of `kind` (its page says `message`, else the kind's), with
+/// `Retry-After` in whole seconds, at least one, when `wait` is given. The event is the
+/// caller's, as it carries the account.
+fn refusal(
+    kind: RejectionKind,
+    message: Option<&str>,
+    wait: Option<Duration>,
+    request_headers: &HeaderMap,
+) -> Response<Body> {
+    let message = message.unwrap_or(kind.message());
+    let mut response: Response<Body> =
+        reject::error_page(kind.status(), message, Some(kind), request_headers);
+    if let Some(wait) = wait {
+        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
 }
 
 /// Where a solved challenge sends the client back to: the page the login form was on, when

@@ -51,6 +51,7 @@ use zeroize::Zeroizing;
 
 use crate::{
     Body, BoxError, BoxFuture, PageNonce,
+    attempts::StateError,
     body::read_whole,
     csrf::cookies,
     ratelimit::{client_key, normalize_path},
@@ -375,28 +376,7 @@ fn verify_uri(url: &str) -> Option<Uri> {
 pub trait SpentChallenges: Send + Sync + std::fmt::Debug {
     /// Spends challenge `id`, which expires at `expires_at` and may be forgotten after: true
     /// the first time, false every time after. An error refuses the answer (fail closed).
-    fn spend(
-        &self,
-        id: [u8; 16],
-        expires_at: SystemTime,
-    ) -> BoxFuture<Result<bool, ChallengeStoreError>>;
-}
-
-/// A store of spent challenges that could not answer; the answer is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct ChallengeStoreError {
-    /// What went wrong, for the log (never shown to the client).
-    pub message: String,
-}
-
-impl ChallengeStoreError {
-    /// An error saying `message`.
-    pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-        }
-    }
+    fn spend(&self, id: [u8; 16], expires_at: SystemTime) -> BoxFuture<Result<bool, StateError>>;
 }
 
 /// Spent challenges in memory, at most `capacity` of them. Expired ids are dropped when room is
@@ -453,7 +433,7 @@ impl MemorySpent {
         id: [u8; 16],
         expires_at: SystemTime,
         now: SystemTime,
-    ) -> Result<bool, ChallengeStoreError> {
+    ) -> Result<bool, StateError> {
         let mut state = self.lock();
         if state.ids.contains_key(&id) {
             return Ok(false);
@@ -464,7 +444,7 @@ impl MemorySpent {
             state.sweep(now);
         }
         if state.ids.len() >= self.capacity {
-            return Err(ChallengeStoreError::new(format!(
+            return Err(StateError(format!(
                 "{} challenges answered within their lifetime fill the memory store; answers \
                  are refused until the oldest expire",
                 self.capacity
@@ -494,11 +474,7 @@ impl SpentState {
 }
 
 impl SpentChallenges for MemorySpent {
-    fn spend(
-        &self,
-        id: [u8; 16],
-        expires_at: SystemTime,
-    ) -> BoxFuture<Result<bool, ChallengeStoreError>> {
+    fn spend(&self, id: [u8; 16], expires_at: SystemTime) -> BoxFuture<Result<bool, StateError>> {
         let spent = self.spend_at(id, expires_at, SystemTime::now());
         Box::pin(std::future::ready(spent))
     }
@@ -1771,7 +1747,7 @@ mod tests {
         assert_eq!(store.spend_at([2; 16], at(NOW + 20), at(NOW)), Ok(true));
         // Full of unexpired ids: refused, not forgotten.
         let full = store.spend_at([3; 16], at(NOW + 30), at(NOW)).unwrap_err();
-        assert!(full.message.contains("fill the memory store"), "{full}");
+        assert!(full.0.contains("fill the memory store"), "{full}");
         assert_eq!(store.spend_at([1; 16], at(NOW + 10), at(NOW)), Ok(false));
         // Once the first has expired, it makes room.
         assert_eq!(

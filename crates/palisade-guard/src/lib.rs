@@ -36,8 +36,8 @@ pub use brute_force::{
     BruteForceLayer, BruteForceOptions, ChallengeGate, LoginEndpoint, WhenStateFails,
 };
 pub use challenge::{
-    BadChallengeSetting, ChallengeLayer, ChallengeOptions, ChallengeProvider, ChallengeStoreError,
-    Challenges, MemorySpent, SpentChallenges,
+    BadChallengeSetting, ChallengeLayer, ChallengeOptions, ChallengeProvider, Challenges,
+    MemorySpent, SpentChallenges,
 };
 pub use clamav::{ClamavOptions, Clamd, WhenUnavailable};
 pub use client_ip::{ClientAddr, ClientIpLayer, ClientIpOptions, Peer};
@@ -54,6 +54,15 @@ pub use sanitize::{SanitizeOptions, Sanitizer};
 pub use security_txt::{SecurityTxtLayer, SecurityTxtOptions};
 pub use upload::{UploadLayer, UploadOptions};
 pub use validate::{ValidateLayer, ValidationOptions};
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+pub(crate) fn cut(text: &str, max: usize) -> &str {
+    let end = (0..=text.len().min(max))
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
+    &text[..end]
+}
 
 /// A boxed future, as the services of this crate return.
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;

@@ -103,34 +103,6 @@ impl RedisState {
         })
     }
 
-    /// Marks a challenge `id` spent until `expires_at`; false when it already was.
-    pub fn spend(
-        &self,
-        id: [u8; 16],
-        expires_at: SystemTime,
-    ) -> BoxFuture<Result<bool, StateError>> {
-        let this = self.clone();
-        Box::pin(async move {
-            let mut conn = this.conn.clone();
-            let ttl = expires_at
-                .duration_since(SystemTime::now())
-                .unwrap_or_default()
-                .as_millis()
-                .max(1);
-            let key = format!("{PREFIX}ch:{}", hex(&id));
-            let set: Option<String> = redis::cmd("SET")
-                .arg(&key)
-                .arg(1)
-                .arg("NX")
-                .arg("PX")
-                .arg(u64::try_from(ttl).unwrap_or(u64::MAX))
-                .query_async(&mut conn)
-                .await
-                .map_err(|err| this.failed(err))?;
-            Ok(set.is_some())
-        })
-    }
-
     /// Whether the server answers.
     pub async fn ping(&self) -> Result<(), StateError> {
         let mut conn = self.conn.clone();
@@ -431,16 +403,26 @@ impl AttemptStore for RedisState {
 }
 
 impl crate::challenge::SpentChallenges for RedisState {
-    fn spend(
-        &self,
-        id: [u8; 16],
-        expires_at: SystemTime,
-    ) -> BoxFuture<Result<bool, crate::challenge::ChallengeStoreError>> {
-        let spent = RedisState::spend(self, id, expires_at);
+    fn spend(&self, id: [u8; 16], expires_at: SystemTime) -> BoxFuture<Result<bool, StateError>> {
+        let this = self.clone();
         Box::pin(async move {
-            spent
+            let mut conn = this.conn.clone();
+            let ttl = expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+                .as_millis()
+                .max(1);
+            let key = format!("{PREFIX}ch:{}", hex(&id));
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(u64::try_from(ttl).unwrap_or(u64::MAX))
+                .query_async(&mut conn)
                 .await
-                .map_err(|err| crate::challenge::ChallengeStoreError::new(err.to_string()))
+                .map_err(|err| this.failed(err))?;
+            Ok(set.is_some())
         })
     }
 }

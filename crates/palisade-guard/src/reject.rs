@@ -379,12 +379,7 @@ pub(crate) fn client_of(extensions: &Extensions) -> Option<IpAddr> {
 
 /// The path, without the query (which may carry tokens), cut to 256 bytes.
 pub(crate) fn route_of(uri: &Uri) -> String {
-    let path = uri.path();
-    let end = (0..=path.len().min(256))
-        .rev()
-        .find(|i| path.is_char_boundary(*i))
-        .unwrap_or(0);
-    path[..end].to_string()
+    crate::cut(uri.path(), 256).to_string()
 }
 
 #[cfg(test)]

@@ -566,7 +566,7 @@ impl Compiled {
                 let path = if path.is_empty() {
                     "/".to_string()
                 } else {
-                    cut(&path, 64)
+                    crate::cut(&path, 64).to_string()
                 };
                 format!("at {path}: {}", err.kind().keyword())
             })
@@ -597,7 +597,7 @@ impl Compiled {
                     "unknown-param",
                     format!(
                         "This address does not take the parameter `{}`.",
-                        cut(&param.name, 64)
+                        crate::cut(&param.name, 64)
                     ),
                 );
                 match self.unknown {
@@ -718,15 +718,6 @@ fn whole_match(pattern: &str) -> Result<regex::Regex, String> {
     };
     regex::Regex::new(pattern).map_err(explain)?;
     regex::Regex::new(&format!("^(?:{pattern})$")).map_err(explain)
-}
-
-/// `text` cut to at most `max` bytes on a character boundary.
-fn cut(text: &str, max: usize) -> String {
-    let end = (0..=text.len().min(max))
-        .rev()
-        .find(|i| text.is_char_boundary(*i))
-        .unwrap_or(0);
-    text[..end].to_string()
 }
 
 /// How deeply arrays and objects nest in a JSON text (counted without parsing it, so that a

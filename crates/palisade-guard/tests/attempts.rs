@@ -7,7 +7,7 @@ use std::{
 };
 
 use palisade_guard::{
-    AttemptStore, RedisState, SqliteAttempts, Unlock,
+    AttemptStore, RedisState, SpentChallenges, SqliteAttempts, Unlock,
     attempts::{Attempt, Policy, Standing, Stuffing, from_millis, millis},
 };
 use palisade_testkit::redis::RedisServer;
