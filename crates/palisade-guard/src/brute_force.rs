@@ -623,11 +623,12 @@ where
                 Ok(standing) => Some(standing),
                 Err(err) => {
                     tracing::warn!(target: "palisade::gateway", "login protection: {err}");
-                    event(RejectionKind::StateUnavailable, "login-state", "log");
+                    let kind = RejectionKind::StateUnavailable;
                     if shared.when_state_fails == WhenStateFails::Closed {
-                        let kind = RejectionKind::StateUnavailable;
+                        event(kind, "login-state", "reject");
                         return Ok(refusal(kind, None, None, &parts.headers));
                     }
+                    event(kind, "login-state", "log");
                     None
                 }
             };

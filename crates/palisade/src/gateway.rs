@@ -185,11 +185,15 @@ fn unlock(
             })
         }
     };
-    let state = palisade_gateway::state::State::open(&options.state)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start a runtime")?;
+    // Redis's connection is made inside the runtime that will drive it.
+    let state = {
+        let _inside = runtime.enter();
+        palisade_gateway::state::State::open(&options.state)?
+    };
     let removed = runtime
         .block_on(state.attempts().unlock(&what))
         .map_err(|err| anyhow::anyhow!("{err}"))?;

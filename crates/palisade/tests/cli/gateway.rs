@@ -495,3 +495,53 @@ fn unlock_lifts_lockouts_of_an_account_or_an_address_in_the_state_file() {
         stderr(&out)
     );
 }
+
+#[test]
+fn unlock_reaches_the_lockouts_kept_in_redis() {
+    use palisade_guard::{AttemptStore, RedisState, attempts::Attempt};
+    let redis = palisade_testkit::redis::RedisServer::start();
+    let env = Env::new();
+    std::fs::write(
+        env.path("palisade.toml"),
+        format!(
+            "[gateway]\nupstreams = [\"http://127.0.0.1:3000\"]\n\
+             [[gateway.brute_force.logins]]\npath = \"/signin\"\n\
+             [gateway.state]\nredis = \"{}\"\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let attempt = Attempt {
+        account: "alice".into(),
+        source: "192.0.2.1".parse().unwrap(),
+    };
+    let locked = |state: &RedisState| {
+        runtime
+            .block_on(state.standing(&attempt, &policy(), std::time::SystemTime::now()))
+            .unwrap()
+            .locked_until
+            .is_some()
+    };
+    let state = {
+        let _inside = runtime.enter();
+        RedisState::new(&redis.url()).unwrap()
+    };
+    for _ in 0..10 {
+        runtime
+            .block_on(state.failed(&attempt, &policy(), std::time::SystemTime::now()))
+            .unwrap();
+    }
+    assert!(locked(&state));
+    let out = bare(&env)
+        .args(["gateway", "unlock", "alice"])
+        .output()
+        .unwrap();
+    assert_status(&out, 0, "unlock with Redis");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("account alice: unlocked ("),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!locked(&state));
+}
